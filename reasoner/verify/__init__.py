@@ -1,1 +1,8 @@
-"""reasoner.verify"""
+"""reasoner.verify: the one place that decides whether an answer is right.
+
+Math: extract_answer, answers_equal, check_answer (answers.py).
+Code: run_python, run_many, ExecResult (sandbox.py); extract_code, check_code (code.py).
+"""
+from reasoner.verify.answers import answers_equal, check_answer, extract_answer
+
+__all__ = ["answers_equal", "check_answer", "extract_answer"]
