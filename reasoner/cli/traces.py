@@ -1,6 +1,235 @@
-"""`reasoner traces`."""
+"""`reasoner traces`: list, show, diff, export and import reasoning traces.
+
+Heavy imports (sqlite store, rich, jsonschema) happen inside the handlers so `reasoner --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from reasoner.errors import ReasonerError
+
+SORT_CHOICES = ("created", "reward", "task", "source", "model", "tokens", "length")
+EXPORT_FORMATS = ("html", "jsonl", "otlp")
+STORE_HELP = "trace store file or run directory (default: $REASONER_HOME/traces.db, else ./runs/traces.db)"
 
 
-def add_parser(subparsers):
-    parser = subparsers.add_parser("traces", help="(not yet available)")
-    parser.set_defaults(func=lambda args: print("reasoner traces: not yet available") or 1)
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "traces", help="inspect reasoning traces from training and pipeline runs",
+        description="Inspect reasoning traces: what the model thought, answered and was rewarded for.")
+    parser.add_argument("--store", default=None, metavar="PATH", help=STORE_HELP)
+    actions = parser.add_subparsers(dest="traces_command", required=True, metavar="ACTION")
+    # --store is accepted after the action too; SUPPRESS keeps it from overwriting the one given before.
+    store_option = argparse.ArgumentParser(add_help=False)
+    store_option.add_argument("--store", default=argparse.SUPPRESS, metavar="PATH", help=STORE_HELP)
+    filters = argparse.ArgumentParser(add_help=False)
+    _add_filter_arguments(filters)
+
+    listing = actions.add_parser("list", parents=[store_option, filters], help="list traces (newest first)")
+    listing.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    listing.set_defaults(func=run_list)
+
+    show = actions.add_parser("show", parents=[store_option], help="show one trace as a tree")
+    show.add_argument("id", help="trace id or a unique prefix of it")
+    show.add_argument("--think", action="store_true", help="unfold the <think> text")
+    show.add_argument("--json", action="store_true", help="print the trace as JSON")
+    show.set_defaults(func=run_show)
+
+    diff = actions.add_parser("diff", parents=[store_option], help="show two traces side by side")
+    diff.add_argument("a", help="first trace id (or prefix)")
+    diff.add_argument("b", help="second trace id (or prefix)")
+    diff.add_argument("--think", action="store_true", help="unfold the <think> text")
+    diff.set_defaults(func=run_diff)
+
+    export = actions.add_parser("export", parents=[store_option, filters],
+                                help="export traces as a self-contained HTML viewer, JSON lines or OTLP")
+    export.add_argument("ids", nargs="*", metavar="ID", help="export only these trace ids")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                        help="html: one offline page; jsonl: our schema; otlp: OpenTelemetry JSON lines")
+    export.add_argument("--output", "-o", required=True, metavar="FILE", help="output file ('-' for stdout)")
+    export.set_defaults(func=run_export)
+
+    importing = actions.add_parser("import", parents=[store_option], help="import JSON-lines trace files")
+    importing.add_argument("files", nargs="+", metavar="FILE")
+    importing.set_defaults(func=run_import)
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("filters")
+    group.add_argument("--source", choices=("train", "pipeline", "eval"))
+    group.add_argument("--task", help="task name; wildcards allowed (gsm8k*)")
+    group.add_argument("--model", help="model name; wildcards allowed")
+    verdict = group.add_mutually_exclusive_group()
+    verdict.add_argument("--correct", dest="correct", action="store_const", const=True, help="only correct traces")
+    verdict.add_argument("--incorrect", dest="correct", action="store_const", const=False,
+                         help="only incorrect traces")
+    group.add_argument("--min-reward", type=float, metavar="X")
+    group.add_argument("--max-reward", type=float, metavar="X")
+    group.add_argument("--since", metavar="WHEN", help="date/time (2025-01-31, 2025-01-31T12:00) or age (7d, 12h, 30m)")
+    group.add_argument("--until", metavar="WHEN", help="same forms as --since; a bare date includes that day")
+    group.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                       help="metadata match, e.g. step=10 or run=abc (repeatable)")
+    group.add_argument("--search", metavar="TEXT", help="case-insensitive text anywhere in the trace")
+    group.add_argument("--sort", choices=SORT_CHOICES, default="created")
+    group.add_argument("--asc", action="store_true", help="ascending order (default: descending)")
+    group.add_argument("--limit", type=int, metavar="N", help="at most N traces")
+
+
+# -- argument parsing helpers --------------------------------------------------------------------
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
+    """An ISO date/date-time (UTC unless it says otherwise) or an age like 7d before now."""
+    text = text.strip()
+    age = _AGE.match(text)
+    if age:
+        return datetime.now(timezone.utc) - timedelta(**{_AGE_UNITS[age.group(2)]: float(age.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReasonerError(f"cannot read {text!r} as a date: use 2025-01-31, 2025-01-31T12:00 or 7d") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    if end_of_day and len(text) == 10:  # --until 2025-01-31 means through the end of that day
+        moment += timedelta(days=1)
+    return moment
+
+
+def parse_meta(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs; values read as JSON when they are (10, true), else as strings."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ReasonerError(f"--meta expects KEY=VALUE, got {pair!r}")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        result[key] = parsed if isinstance(parsed, (str, int, float, bool)) else value
+    return result
+
+
+def filter_from_args(args: argparse.Namespace, ids: list[str] | None = None):
+    from reasoner.traces.store import TraceFilter
+
+    if args.limit is not None and args.limit < 0:
+        raise ReasonerError("--limit must be 0 or more")
+    return TraceFilter(
+        ids=ids or None, source=args.source, task=args.task, model=args.model, correct=args.correct,
+        min_reward=args.min_reward, max_reward=args.max_reward,
+        since=parse_when(args.since) if args.since else None,
+        until=parse_when(args.until, end_of_day=True) if args.until else None,
+        metadata=parse_meta(args.meta), text=args.search, sort=args.sort, descending=not args.asc,
+        limit=args.limit)
+
+
+def open_store(args: argparse.Namespace, *, create: bool = False):
+    from reasoner.traces.store import TraceStore
+
+    return TraceStore.open(args.store, create=create)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+DEFAULT_TABLE_ROWS = 100
+
+
+def run_list(args: argparse.Namespace) -> int:
+    trace_filter = filter_from_args(args)
+    with open_store(args) as store:
+        if args.json:
+            print(json.dumps([row.to_dict() for row in store.summaries(trace_filter)], ensure_ascii=False, indent=1))
+            return 0
+        total = store.count(trace_filter)
+        if trace_filter.limit is None:
+            trace_filter.limit = DEFAULT_TABLE_ROWS  # a table longer than this is unreadable; --limit 0 for none
+        elif trace_filter.limit == 0:
+            trace_filter.limit = None
+        rows = store.summaries(trace_filter)
+    from reasoner.traces.render import summary_table
+
+    _console().print(summary_table(rows, total))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        trace = store.get(args.id)
+    if args.json:
+        print(json.dumps(trace.to_dict(), ensure_ascii=False, indent=1))
+        return 0
+    from reasoner.traces.render import trace_tree
+
+    _console().print(trace_tree(trace, show_think=args.think))
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        a, b = store.get(args.a), store.get(args.b)
+    from reasoner.traces.render import diff_view
+
+    _console().print(diff_view(a, b, show_think=args.think))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from reasoner.traces import exchange
+
+    trace_filter = filter_from_args(args, ids=args.ids)
+    if trace_filter.limit == 0:
+        trace_filter.limit = None
+    writer = {"html": exchange.write_html, "jsonl": exchange.write_jsonl, "otlp": exchange.write_otlp}[args.format]
+    with open_store(args) as store:
+        traces = store.iter_traces(trace_filter)
+        if args.output == "-":
+            count = writer(traces, sys.stdout)
+        else:
+            count = _write_atomically(Path(args.output), lambda out: writer(traces, out))
+    if args.output != "-":
+        print(f"exported {count} trace{'s' * (count != 1)} to {args.output} ({args.format})", file=sys.stderr)
+    return 0
+
+
+def _write_atomically(path: Path, write) -> int:
+    """Write beside the target, then rename: an interrupted export never leaves half a file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ReasonerError(f"cannot write {path}: folder {directory} does not exist")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            count = write(out)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; an export is an ordinary file
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return count
+
+
+def run_import(args: argparse.Namespace) -> int:
+    with open_store(args, create=True) as store:
+        for name in args.files:
+            result = store.import_jsonl(name)
+            print(f"{name}: imported {result.imported} traces, {result.skipped} already in {store.path}")
+    return 0

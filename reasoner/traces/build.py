@@ -64,7 +64,7 @@ def rollout_trace(*, prompt: str, completion: str, rewards: Mapping[str, float |
     if correct is not None:
         children.append(verification_span(correct, verdict_detail))
     children.append(reward)
-    step_span = node_span(f"step {step}", *children, kind="step", step=step)
+    step_span = node_span(f"GRPO step {step}", *children, kind="step", step=step)
     return Trace(source=source, task=task, model=model, prompt=prompt, correct=correct,
                  reward=reward.reward.total, metadata={"step": step, **(metadata or {})}, spans=[step_span])
 

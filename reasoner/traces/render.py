@@ -1,0 +1,151 @@
+"""Terminal views of traces (rich): the list table, the span tree, and the side-by-side diff."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from reasoner.traces.model import Span, Trace
+from reasoner.traces.store import TraceSummary
+
+VERDICT_STYLES = {"pass": "bold green", "fail": "bold red", "error": "bold yellow", "unknown": "dim"}
+VERDICT_MARKS = {"pass": "✔", "fail": "✘", "error": "!", "unknown": "?"}
+PREVIEW_CHARS = 240
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def correct_text(correct: bool | None) -> Text:
+    if correct is None:
+        return Text("–", style="dim")
+    return Text("✔", style="bold green") if correct else Text("✘", style="bold red")
+
+
+def summary_table(summaries: Sequence[TraceSummary], total: int | None = None) -> Table:
+    shown = len(summaries)
+    count = total if total is not None else shown
+    caption = f"{shown} of {count} traces" if count != shown else f"{count} trace{'s' * (count != 1)}"
+    table = Table(caption=caption, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    # (header, justify, min width): ids and times stay whole; the prompt preview takes what is left
+    for name, justify, width in (("id", "left", 12), ("created (UTC)", "left", 16), ("source", "left", 8),
+                                 ("task", "left", 5), ("model", "left", 4), ("ok", "left", 2),
+                                 ("reward", "right", 6), ("tokens", "right", 6), ("prompt", "left", 8)):
+        table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True, min_width=width)
+    for row in summaries:
+        table.add_row(row.id[:12], row.created.strftime("%Y-%m-%d %H:%M"), row.source, row.task,
+                      row.model or "–", correct_text(row.correct), _num(row.reward),
+                      "–" if row.completion_tokens is None else str(row.completion_tokens),
+                      (row.preview or "")[:80])
+    return table
+
+
+def _clip(text: str, limit: int = PREVIEW_CHARS) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[:limit] + f"… (+{len(text) - limit} chars)"
+
+
+def _span_label(span: Span) -> Text:
+    kind = span.kind.replace("_", " ")
+    label = Text(span.name, style="bold")
+    if span.kind != "node" and kind not in span.name.lower():  # "reward reward" says nothing twice
+        label = Text.assemble((kind + " ", "dim"), label)
+    details = []
+    if span.model_call:
+        call = span.model_call
+        if call.model:
+            details.append(call.model)
+        if call.prompt_tokens is not None or call.completion_tokens is not None:
+            details.append(f"{call.prompt_tokens or '?'}→{call.completion_tokens or '?'} tok")
+        details += [f"{k}={v}" for k, v in call.sampling.items() if k in ("temperature", "top_p", "max_tokens")]
+    if span.duration_s is not None:
+        details.append(f"{span.duration_s:.2f}s")
+    if details:
+        label.append("  " + "  ".join(details), style="cyan")
+    if span.status == "error":
+        label.append(f"  error: {span.error or ''}", style="bold yellow")
+    return label
+
+
+def _add_model_call(node: Tree, span: Span, show_think: bool) -> None:
+    call = span.model_call
+    node.add(Text.assemble(("prompt: ", "dim"), _clip(call.prompt)))
+    if call.think is not None:
+        if show_think:
+            node.add(Text.assemble(("think: ", "magenta"), (call.think, "italic dim")))
+        else:
+            first_line = (call.think.strip().splitlines() or [""])[0][:80]
+            node.add(Text.assemble((f"▸ think ({len(call.think)} chars, folded; --think unfolds): ", "magenta"),
+                                   (first_line, "italic dim")))
+    node.add(Text.assemble(("answer: ", "bold"), _clip(call.answer, 2000 if show_think else PREVIEW_CHARS)))
+
+
+def _add_span(parent: Tree, span: Span, show_think: bool) -> None:
+    node = parent.add(_span_label(span))
+    if span.model_call:
+        _add_model_call(node, span, show_think)
+    if span.verification:
+        v = span.verification
+        style = VERDICT_STYLES.get(v.verdict, "")
+        node.add(Text.assemble((f"{VERDICT_MARKS.get(v.verdict, '?')} {v.verdict}", style),
+                               f"  {v.detail}" if v.detail else "", (f"  ({v.verifier})" if v.verifier else "", "dim")))
+    if span.reward:
+        r = span.reward
+        parts = ", ".join(f"{name}={_num(value)}" for name, value in r.components.items())
+        node.add(Text.assemble(("reward ", "dim"), (_num(r.total), "bold"), f"  ({parts})" if parts else "",
+                               ("  advantage ", "dim"), _num(r.advantage)))
+    if span.attributes:
+        node.add(Text(", ".join(f"{k}={v}" for k, v in span.attributes.items()), style="dim"))
+    for child in span.children:
+        _add_span(node, child, show_think)
+
+
+def trace_tree(trace: Trace, show_think: bool = False) -> Tree:
+    header = Text.assemble((f"trace {trace.id}", "bold"), "  ", (trace.source, "cyan"), " · ", trace.task,
+                           " · ", trace.model or "no model", " · ", trace.created.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    tree = Tree(header)
+    facts = Text.assemble(("correct ", "dim"), correct_text(trace.correct), ("  reward ", "dim"), _num(trace.reward))
+    if trace.metadata:
+        facts.append("  " + ", ".join(f"{k}={v}" for k, v in trace.metadata.items()), style="dim")
+    tree.add(facts)
+    if trace.prompt:
+        tree.add(Text.assemble(("prompt: ", "bold"), _clip(trace.prompt)))
+    for span in trace.spans:
+        _add_span(tree, span, show_think)
+    return tree
+
+
+def _facts(trace: Trace) -> dict[str, str]:
+    calls = trace.model_calls()
+    think_chars = sum(len(call.think or "") for call in calls)
+    return {
+        "id": trace.id[:12], "source": trace.source, "task": trace.task, "model": trace.model or "–",
+        "created": trace.created.strftime("%Y-%m-%d %H:%M"), "correct": str(trace.correct),
+        "reward": _num(trace.reward), "model calls": str(len(calls)),
+        "completion tokens": "–" if trace.completion_tokens is None else str(trace.completion_tokens),
+        "think chars": str(think_chars), "answer": _clip(calls[-1].answer, 120) if calls else "–",
+    }
+
+
+def diff_view(a: Trace, b: Trace, show_think: bool = False) -> Group:
+    """A facts table (differences in yellow) above both span trees side by side."""
+    facts_a, facts_b = _facts(a), _facts(b)
+    facts = Table(title="A vs B", header_style="bold")
+    for name in ("", "A", "B"):
+        facts.add_column(name, overflow="fold")
+    for key in facts_a:
+        style = "yellow" if facts_a[key] != facts_b[key] and key not in ("id", "created") else ""
+        facts.add_row(key, Text(facts_a[key], style=style), Text(facts_b[key], style=style))
+    if a.prompt != b.prompt:
+        facts.caption = "note: the two traces have different prompts"
+    trees = Table.grid(expand=True, padding=(0, 2))
+    trees.add_column(ratio=1)
+    trees.add_column(ratio=1)
+    trees.add_row(trace_tree(a, show_think), trace_tree(b, show_think))
+    return Group(facts, trees)
