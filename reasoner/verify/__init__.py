@@ -4,5 +4,6 @@ Math: extract_answer, answers_equal, check_answer (answers.py).
 Code: run_python, run_many, ExecResult (sandbox.py); extract_code, check_code (code.py).
 """
 from reasoner.verify.answers import answers_equal, check_answer, extract_answer
+from reasoner.verify.sandbox import ExecResult, run_many, run_python
 
-__all__ = ["answers_equal", "check_answer", "extract_answer"]
+__all__ = ["ExecResult", "answers_equal", "check_answer", "extract_answer", "run_many", "run_python"]
