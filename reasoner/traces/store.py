@@ -206,7 +206,7 @@ def _explain(path: Path, err: sqlite3.Error) -> str:
     message = str(err)
     if "file is not a database" in message:
         return f"{path} is not a reasoner trace store (not an SQLite database, or its header is corrupt)"
-    if "malformed" in message or "corrupt" in message:
+    if "malformed" in message or "corrupt" in message or "decode" in message:
         return f"{path} is corrupt ({message}); restore it from a copy or start a new store"
     if "locked" in message or "busy" in message:
         return f"{path} is locked by another writer for too long ({message}); try again"
@@ -353,7 +353,10 @@ class TraceStore:
 
     def summaries(self, filter: TraceFilter | None = None, **filters: Any) -> list[TraceSummary]:
         rows = self._select(_SUMMARY_COLUMNS, TraceFilter.of(filter, **filters))
-        return [_summary(row) for row in rows]
+        try:
+            return [_summary(row) for row in rows]
+        except (ValueError, TypeError) as err:
+            raise TraceStoreError(f"{self.path} is corrupt: unreadable summary columns ({err})") from None
 
     def count(self, filter: TraceFilter | None = None, **filters: Any) -> int:
         where, params = TraceFilter.of(filter, **filters).where()
@@ -372,7 +375,7 @@ class TraceStore:
         try:
             return Trace.from_dict(json.loads(body))
         except (ValueError, KeyError, TypeError) as err:
-            raise TraceStoreError(f"{self.path} holds an unreadable trace ({err})") from None
+            raise TraceStoreError(f"{self.path} is corrupt: it holds an unreadable trace ({err})") from None
 
     def check(self) -> list[str]:
         """SQLite's integrity check: an empty list when the file is sound."""
