@@ -32,6 +32,7 @@ _WORKER_START_TIMEOUT_S = 60.0  # importing sympy on a loaded 2-core machine can
 
 _ANSWER_PHRASE = re.compile(r"(?:final\s+answer|\banswer)\**\s*(?:is\b\s*:?|:)\**[ \t]*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
+_BRACE = re.compile(r"[{}]")
 
 
 def extract_answer(completion: str) -> str | None:
@@ -89,31 +90,39 @@ def _from_marked_text(text: str) -> str | None:
 
 
 def _last_boxed(text: str) -> str | None:
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return None
+    closing = _matching_braces(text)  # once per text: rescanning per box is quadratic on "\\boxed{" * 5000
     end = len(text)
     while True:
         start, command = max((text.rfind(command, 0, end), command) for command in ("\\boxed", "\\fbox"))
         if start == -1:
             return None
-        content = _braced_argument(text, start + len(command))
+        content = _box_argument(text, start + len(command), closing)
         if content is not None:
             return content
         end = start  # unbalanced (truncated) box: try the one before
 
 
-def _braced_argument(text: str, pos: int) -> str | None:
+def _matching_braces(text: str) -> dict[int, int]:
+    closing, open_positions = {}, []
+    for brace in _BRACE.finditer(text):
+        if brace.group() == "{":
+            open_positions.append(brace.start())
+        elif open_positions:
+            closing[open_positions.pop()] = brace.start()
+    return closing
+
+
+def _box_argument(text: str, pos: int, closing: dict[int, int]) -> str | None:
     while pos < len(text) and text[pos] == " ":
         pos += 1
     if pos >= len(text):
         return None
-    if text[pos] != "{":  # "\boxed 5"
-        token = re.match(r"[^\s$]+", text[pos:])
+    if text[pos] != "{":  # "\\boxed 5"
+        token = re.match(r"[^\s$]+", text[pos:pos + MAX_ANSWER_CHARS])
         return token.group(0) if token else None
-    depth = 0
-    for i in range(pos, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[pos + 1:i]
-    return None
+    return text[pos + 1:closing[pos]] if pos in closing else None
 
 
 def _after_answer_phrase(text: str) -> str | None:
@@ -137,7 +146,7 @@ def _after_hashes(text: str) -> str | None:
 def _unwrap(answer: str) -> str:
     """Drops the wrapping a model puts around an answer: $…$, \\(…\\), a box, a final period."""
     answer = answer.strip()
-    boxed = _last_boxed(answer) if "\\boxed" in answer or "\\fbox" in answer else None
+    boxed = _last_boxed(answer)
     if boxed is not None:
         answer = boxed.strip()
     for left, right in (("$$", "$$"), ("\\(", "\\)"), ("\\[", "\\]"), ("$", "$")):
