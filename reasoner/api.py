@@ -1,0 +1,207 @@
+"""The Python API: `Reasoner.from_pretrained(path).solve("37+48*3-25")`.
+
+A Reasoner holds a backend and a compiled solving graph checkpointed to SQLite. Each solve is one
+run (its id is also its trace id): interrupted runs can be resumed and their history listed.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from reasoner.errors import ReasonerError
+
+MAX_PROBLEM_CHARS = 50_000
+CHECKPOINT_FILENAME = "pipeline.db"
+
+
+@dataclass
+class SolutionStep:
+    id: int
+    question: str       # with earlier results substituted
+    answer: str | None
+    verified: bool
+    status: str
+    attempts: int
+
+
+@dataclass
+class Solution:
+    problem: str
+    answer: str | None
+    verified: bool
+    steps: list[SolutionStep]
+    trace_id: str
+    status: str  # verified | unverified (nothing could check it) | rejected (a check failed) | failed | timeout
+    error: str | None = None         # why there is no answer, when there is none
+    decomposed: bool = False
+    events: list[str] = field(default_factory=list)  # fallbacks taken: repair failed, backend errors
+    elapsed_s: float = 0.0
+
+    @property
+    def run_id(self) -> str:
+        return self.trace_id
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return self.answer if self.answer is not None else f"(no answer: {self.error})"
+
+
+def default_checkpoint_path() -> Path:
+    from reasoner.traces.store import default_store_path
+
+    return default_store_path().with_name(CHECKPOINT_FILENAME)
+
+
+class Reasoner:
+    def __init__(self, backend, *, checkpoints: str | Path | None = None, traces: str | Path | None = None,
+                 **options: Any):
+        from reasoner.pipeline.options import SolveOptions
+
+        self.backend = backend
+        self.defaults = SolveOptions.of(**options)
+        self.checkpoint_path = Path(checkpoints) if checkpoints else default_checkpoint_path()
+        self.traces = traces
+        self._graph = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "Reasoner":
+        """A local checkpoint directory (save_pretrained layout)."""
+        from reasoner.model import is_checkpoint
+        from reasoner.pipeline.backends import LocalBackend
+
+        if not is_checkpoint(path):
+            raise ReasonerError(f"{path}: not a checkpoint directory (no config.json)")
+        return cls(LocalBackend.from_pretrained(path), **kwargs)
+
+    @classmethod
+    def from_openai(cls, base_url: str, model: str, api_key: str | None = None, *, timeout: float = 120.0,
+                    **kwargs: Any) -> "Reasoner":
+        """Any OpenAI-compatible chat-completions server, e.g. http://127.0.0.1:8000/v1."""
+        from reasoner.pipeline.backends import OpenAIBackend
+
+        if not base_url.startswith(("http://", "https://")):
+            raise ReasonerError(f"base_url {base_url!r}: expected http://host:port/v1")
+        return cls(OpenAIBackend(base_url, model, api_key, timeout), **kwargs)
+
+    # ------------------------------------------------------------ solving
+
+    def solve(self, problem: str, *, task: str = "math", reference: str | None = None,
+              tests: list[str] | None = None, entry_point: str | None = None, run_id: str | None = None,
+              progress: Callable[[dict], None] | None = None, **options: Any) -> Solution:
+        """Solve one problem. `reference`: a known answer to verify against (leave it out when
+        measuring); `tests`/`entry_point`: for code; `progress`: called with each progress event."""
+        _check_problem(problem, task)
+        opts = self.defaults.of(**{**self.defaults.to_dict(), **options})
+        inputs = {"problem": problem.strip(), "task": task, "reference": reference, "tests": list(tests or ()),
+                  "entry_point": entry_point, "options": opts.to_dict(), "results": {}, "spans": [], "events": []}
+        return self._run(inputs, run_id or uuid.uuid4().hex, opts.time_budget, progress)
+
+    def solve_many(self, problems: Iterable[Any], **options: Any) -> list[Solution]:
+        """Problems are strings or task Problems (question, task, tests, entry_point; not their answers)."""
+        solutions = []
+        for problem in problems:
+            if isinstance(problem, str):
+                solutions.append(self.solve(problem, **options))
+            else:
+                solutions.append(self.solve(problem.question, task=_pipeline_task(problem), tests=problem.tests,
+                                            entry_point=problem.entry_point, **options))
+        return solutions
+
+    def resume(self, run_id: str, progress: Callable[[dict], None] | None = None) -> Solution:
+        """Continue an interrupted run from its last checkpoint (a finished run is just returned)."""
+        state = self.graph.get_state(self._config(run_id)).values
+        if not state:
+            raise ReasonerError(f"no run {run_id!r} in {self.checkpoint_path}")
+        return self._run(None, run_id, state["options"]["time_budget"], progress)
+
+    def history(self, run_id: str) -> list[dict]:
+        """The run's checkpoints, oldest first: step, the nodes due next, time."""
+        snapshots = list(self.graph.get_state_history(self._config(run_id)))
+        if not snapshots:
+            raise ReasonerError(f"no run {run_id!r} in {self.checkpoint_path}")
+        return [{"step": s.metadata.get("step"), "next": list(s.next), "created": s.created_at,
+                 "checkpoint_id": s.config["configurable"]["checkpoint_id"]} for s in reversed(snapshots)]
+
+    def runs(self) -> list[str]:
+        """Ids of every run in the checkpoint file, most recent first."""
+        latest: dict[str, str] = {}
+        for saved in self.graph.checkpointer.list(None):
+            run_id = saved.config["configurable"]["thread_id"]
+            latest[run_id] = max(latest.get(run_id, ""), saved.checkpoint["ts"])
+        return sorted(latest, key=latest.get, reverse=True)
+
+    # ------------------------------------------------------------ internals
+
+    @property
+    def graph(self):
+        if self._graph is None:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            from reasoner.pipeline.graph import build_graph
+
+            self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(str(self.checkpoint_path), check_same_thread=False)
+            self._graph = build_graph(SqliteSaver(connection))
+        return self._graph
+
+    @staticmethod
+    def _config(run_id: str) -> dict:
+        return {"configurable": {"thread_id": run_id}, "recursion_limit": 1000}
+
+    def _run(self, inputs: dict | None, run_id: str, time_budget: float, progress) -> Solution:
+        from reasoner.pipeline import recording
+        from reasoner.pipeline.graph import RunContext
+
+        config, started = self._config(run_id), time.perf_counter()
+        context = RunContext(self.backend, deadline=time.time() + time_budget)
+        for _, event in self.graph.stream(inputs, config, context=context, stream_mode="custom", subgraphs=True,
+                                          durability="sync"):
+            if progress:
+                progress(event)
+        state = self.graph.get_state(config).values
+        elapsed = time.perf_counter() - started
+        trace_id = recording.write_trace(state, run_id=run_id, model=self.backend.name, store_path=self.traces,
+                                         elapsed_s=elapsed)
+        return _solution(state, trace_id, elapsed)
+
+    def close(self) -> None:
+        if self._graph is not None:
+            self._graph.checkpointer.conn.close()
+            self._graph = None
+
+    def __enter__(self) -> "Reasoner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_problem(problem: Any, task: str) -> None:
+    if not isinstance(problem, str):
+        raise ReasonerError(f"a problem is text, got {type(problem).__name__}")
+    if not problem.strip():
+        raise ReasonerError("the problem is empty")
+    if len(problem) > MAX_PROBLEM_CHARS:
+        raise ReasonerError(f"the problem is {len(problem):,} characters; the limit is {MAX_PROBLEM_CHARS:,}")
+    if task not in ("math", "code"):
+        raise ReasonerError(f"task {task!r}: expected 'math' or 'code'")
+
+
+def _pipeline_task(problem) -> str:
+    return "code" if getattr(problem, "tests", None) else "math"
+
+
+def _solution(state: dict, trace_id: str, elapsed: float) -> Solution:
+    results = state.get("results") or {}
+    steps = [SolutionStep(step["id"], r["question"], r["answer"], r["verified"], r["status"], r["attempts"])
+             for step in state.get("plan") or () if (r := results.get(str(step["id"])))]
+    return Solution(problem=state["problem"], answer=state.get("answer"), verified=bool(state.get("verified")),
+                    steps=steps, trace_id=trace_id, status=state.get("status") or "failed", error=state.get("error"),
+                    decomposed=bool(state.get("decomposed")), events=list(state.get("events") or ()),
+                    elapsed_s=round(elapsed, 3))

@@ -1,0 +1,49 @@
+"""Solve options: one dataclass, validated once, stored in the run's state so a resume uses the same."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, fields
+
+from reasoner.errors import ReasonerError
+from reasoner.pipeline.backends import Sampling
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    samples: int = 4             # k answers per (sub-)problem, drawn in one batched call, then voted
+    retries: int = 2             # reflect-and-retry rounds after a failed verification
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 512
+    decompose: bool = True       # plan sub-problems first (math); off: solve the problem directly
+    verify: bool = True
+    time_budget: float = 300.0   # seconds for the whole run; past it no new retries or steps start
+    seed: int | None = None
+
+    _LIMITS = {"samples": (1, 64), "retries": (0, 10), "temperature": (0.0, 2.0), "top_p": (1e-6, 1.0),
+               "max_tokens": (1, 65536), "time_budget": (0.001, 86400.0)}
+
+    def __post_init__(self):
+        for name, (low, high) in self._LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ReasonerError(f"option {name}={value!r}: expected a number from {low} to {high}")
+        for name in ("decompose", "verify"):
+            if not isinstance(getattr(self, name), bool):
+                raise ReasonerError(f"option {name}={getattr(self, name)!r}: expected true or false")
+
+    @classmethod
+    def of(cls, **options) -> "SolveOptions":
+        known = [f.name for f in fields(cls)]
+        for name in options:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ReasonerError(f"unknown solve option '{name}'{hint}; options: {', '.join(known)}")
+        return cls(**options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.max_tokens, self.seed)
