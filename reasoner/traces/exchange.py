@@ -90,23 +90,25 @@ def otlp_request(trace: Trace) -> dict:
     spans.append(_otlp_span(trace_id, root_id, None, f"{trace.source} {trace.task}", created, end,
                             root_attributes, None, 1))
     for span in trace.spans:
-        _otlp_walk(span, trace_id, root_id, created, spans)
+        _otlp_walk(span, trace_id, root_id, created, spans, trace.model)
     resource = {"attributes": _attributes({"service.name": "reasoner", "reasoner.source": trace.source})}
     scope = {"name": "reasoner.traces", "version": str(trace.schema_version)}
     return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"scope": scope, "spans": spans}]}]}
 
 
-def _otlp_walk(span: Span, trace_id: str, parent_id: str, parent_start: float, out: list[dict]) -> None:
+def _otlp_walk(span: Span, trace_id: str, parent_id: str, parent_start: float, out: list[dict],
+               trace_model: str | None) -> None:
     span_id = _hex_id(span.id, 16)
     start = span.start if span.start is not None else parent_start
     duration = span.duration_s
     end = span.end if span.end is not None else start + (duration or 0.0)
     kind = 3 if span.model_call else 1  # SPAN_KIND_CLIENT for model calls, else INTERNAL
-    name = f"chat {span.model_call.model}" if span.model_call and span.model_call.model else span.name
-    out.append(_otlp_span(trace_id, span_id, parent_id, name, start, end, _span_attributes(span),
+    model = (span.model_call.model or trace_model) if span.model_call else None  # calls inherit the trace's model
+    name = f"chat {model}" if model else span.name
+    out.append(_otlp_span(trace_id, span_id, parent_id, name, start, end, _span_attributes(span, model),
                           span.error if span.status == "error" else None, kind, span.status))
     for child in span.children:
-        _otlp_walk(child, trace_id, span_id, start, out)
+        _otlp_walk(child, trace_id, span_id, start, out, trace_model)
 
 
 def _otlp_span(trace_id, span_id, parent_id, name, start, end, attributes, error, kind, status="ok") -> dict:
@@ -119,11 +121,11 @@ def _otlp_span(trace_id, span_id, parent_id, name, start, end, attributes, error
     return data
 
 
-def _span_attributes(span: Span) -> dict:
+def _span_attributes(span: Span, model: str | None) -> dict:
     attributes: dict[str, Any] = {"reasoner.span.kind": span.kind, "reasoner.span.name": span.name,
                                   **{f"reasoner.attr.{k}": v for k, v in span.attributes.items()}}
     if span.model_call:
-        attributes.update(_model_call_attributes(span))
+        attributes.update(_model_call_attributes(span, model))
     elif span.verification:
         v = span.verification
         attributes.update({"openinference.span.kind": "EVALUATOR", "reasoner.verification.verdict": v.verdict,
@@ -142,19 +144,19 @@ def _span_attributes(span: Span) -> dict:
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "frequency_penalty", "presence_penalty")
 
 
-def _model_call_attributes(span: Span) -> dict:
+def _model_call_attributes(span: Span, model: str | None) -> dict:
     call = span.model_call
     output_parts = ([{"type": "reasoning", "content": call.think}] if call.think else []) + \
         [{"type": "text", "content": call.answer}]
     attributes = {
         "gen_ai.operation.name": "chat", "gen_ai.provider.name": "reasoner", "gen_ai.system": "reasoner",
-        "gen_ai.request.model": call.model, "gen_ai.response.model": call.model,
+        "gen_ai.request.model": model, "gen_ai.response.model": model,
         "gen_ai.usage.input_tokens": call.prompt_tokens, "gen_ai.usage.output_tokens": call.completion_tokens,
         "gen_ai.prompt": call.prompt, "gen_ai.completion": call.completion,
         "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [{"type": "text", "content": call.prompt}]}]),
         "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": output_parts}]),
         "openinference.span.kind": "LLM", "input.value": call.prompt, "output.value": call.completion,
-        "llm.model_name": call.model, "llm.token_count.prompt": call.prompt_tokens,
+        "llm.model_name": model, "llm.token_count.prompt": call.prompt_tokens,
         "llm.token_count.completion": call.completion_tokens,
         "reasoner.think": call.think, "reasoner.answer": call.answer, "reasoner.latency_s": call.latency_s,
     }

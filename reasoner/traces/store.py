@@ -133,8 +133,13 @@ class TraceFilter:
     def order_limit(self) -> tuple[str, list]:
         if self.sort not in SORT_KEYS:
             raise ReasonerError(f"cannot sort by {self.sort!r}; choose one of {', '.join(SORT_KEYS)}")
-        column, direction = SORT_KEYS[self.sort], "DESC" if self.descending else "ASC"
-        sql = f" ORDER BY {column} IS NULL, {column} {direction}, created {direction}, id"
+        column = SORT_KEYS[self.sort]
+        # SQLite sorts NULL lowest, so DESC already puts missing values last; ASC needs the extra term.
+        # Plain `column DESC` (no extra terms) lets the index answer `list --limit N` without sorting.
+        order = [f"{column} DESC"] if self.descending else [f"{column} IS NULL", f"{column} ASC"]
+        if column != "created":
+            order.append("created DESC" if self.descending else "created ASC")
+        sql = " ORDER BY " + ", ".join(order)
         if self.limit is None and not self.offset:
             return sql, []
         return sql + " LIMIT ? OFFSET ?", [-1 if self.limit is None else self.limit, self.offset]

@@ -1,0 +1,132 @@
+"""Listing and filtering a trace store of 10,000 traces (issue 6).
+
+    .venv/bin/python benchmarks/traces.py            # 10,000 traces in a temporary store
+    .venv/bin/python benchmarks/traces.py --n 2000 --json
+
+Builds a realistic store (70 % GRPO rollouts with ~1.5 kB of think text, 30 % pipeline runs with
+nested spans, spread over 30 days), then times each query as the best of several runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from reasoner.traces import TraceRecorder, TraceStore, model_call_span, rollout_trace, verification_span
+
+TASKS = ("gsm8k", "math500", "arith", "humaneval")
+WORDS = "so the sum is then carry the one check again wait let me verify that step".split()
+
+
+def _think(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def make_trace(i: int, rng: random.Random, now: datetime):
+    created = now - timedelta(seconds=rng.uniform(0, 30 * 86400))
+    task, correct = rng.choice(TASKS), rng.random() < 0.6
+    if rng.random() < 0.7:
+        accuracy = 1.0 if correct else 0.0
+        trace = rollout_trace(prompt=f"Problem {i}: what is {i} + {i * 7}?",
+                              completion=f"<think>{_think(rng, 300)}</think>The answer is {i * 8}",
+                              rewards={"accuracy": accuracy, "format": rng.choice((0.0, 0.5, 1.0))},
+                              advantage=rng.gauss(0, 1), step=i // 64, correct=correct, task=task,
+                              model="tiny-moe", completion_tokens=rng.randint(200, 1200),
+                              metadata={"run": f"run-{i % 3}"})
+    else:
+        rec = TraceRecorder("pipeline", task=task, model="tiny-moe", prompt=f"Pipeline problem {i}")
+        with rec.span("plan"):
+            rec.add(model_call_span("plan", f"<think>{_think(rng, 60)}</think>plan", completion_tokens=80))
+        with rec.span("solve"):
+            for step in range(3):
+                rec.add(model_call_span(f"step {step}", f"<think>{_think(rng, 40)}</think>x", completion_tokens=50))
+        rec.add(verification_span(correct, "checked"))
+        trace = rec.finish(correct=correct, reward=float(correct))
+    trace.created = created
+    return trace
+
+
+def build_store(path: Path, count: int, seed: int = 0) -> float:
+    rng, now = random.Random(seed), datetime.now(timezone.utc)
+    start = time.perf_counter()
+    with TraceStore.open(path) as store:
+        for first in range(0, count, 500):
+            store.add_many(make_trace(i, rng, now) for i in range(first, min(first + 500, count)))
+    return time.perf_counter() - start
+
+
+def best_of(runs: int, action) -> tuple[float, int]:
+    times, result = [], None
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = action()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def run_queries(path: Path, runs: int) -> list[tuple[str, float, int]]:
+    week_ago = datetime.now(timezone.utc) - timedelta(days=7)
+    queries = {
+        "count all": lambda s: s.count(),
+        "list newest 100 (table default)": lambda s: len(s.summaries(limit=100)),
+        "list all summaries": lambda s: len(s.summaries()),
+        "filter source=train, incorrect": lambda s: len(s.summaries(source="train", correct=False)),
+        "filter task + reward 0.2..0.8": lambda s: len(s.summaries(task="gsm8k", min_reward=0.2, max_reward=0.8)),
+        "filter last 7 days": lambda s: len(s.summaries(since=week_ago)),
+        "filter metadata run=run-1": lambda s: len(s.summaries(metadata={"run": "run-1"})),
+        "sort by reward, top 50": lambda s: len(s.summaries(sort="reward", limit=50)),
+        "full-text search 'Problem 4242'": lambda s: len(s.summaries(text="Problem 4242:")),
+        "load 100 full traces (typed)": lambda s: len(s.query(source="pipeline", limit=100)),
+    }
+    results = []
+    with TraceStore.open(path, create=False) as store:
+        for name, query in queries.items():
+            seconds, rows = best_of(runs, lambda: query(store))
+            results.append((name, seconds, rows))
+    return results
+
+
+def time_cli(path: Path) -> tuple[float, int]:
+    """End to end, as a user runs it: interpreter start, argument parsing, query, JSON output."""
+    command = [sys.executable, "-m", "reasoner", "traces", "--store", str(path), "list", "--json",
+               "--source", "train", "--incorrect", "--min-reward", "0.5"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, len(json.loads(done.stdout))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10_000, help="traces in the store (default 10,000)")
+    parser.add_argument("--runs", type=int, default=5, help="repetitions per query; the best counts")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "traces.db"
+        insert_s = build_store(path, args.n)
+        size_mb = path.stat().st_size / 1e6
+        results = run_queries(path, args.runs)
+        cli_s, cli_rows = time_cli(path)
+    report = {"traces": args.n, "insert_s": insert_s, "store_mb": size_mb,
+              "queries": [{"query": q, "ms": s * 1e3, "rows": r} for q, s, r in results],
+              "cli_list_json_s": cli_s, "cli_rows": cli_rows}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"trace store benchmark: {args.n:,} traces, {size_mb:.1f} MB, "
+          f"inserted in {insert_s:.2f} s ({args.n / insert_s:,.0f} traces/s, batches of 500)")
+    print(f"{'query':<36}{'best ms':>10}{'rows':>8}")
+    for name, seconds, rows in results:
+        print(f"{name:<36}{seconds * 1e3:>10.2f}{rows:>8}")
+    print(f"{'CLI: traces list --json (filtered)':<36}{cli_s * 1e3:>10.0f}{cli_rows:>8}   (incl. Python start-up)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
