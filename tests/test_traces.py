@@ -93,21 +93,21 @@ def test_recorder_marks_failed_span_and_keeps_parallel_branches_apart():
             raise ValueError("model returned nothing")
     assert rec.trace.spans[0].status == "error" and "model returned nothing" in rec.trace.spans[0].error
 
-    def branch(name):
-        with rec.span(name):
+    def branch(name, parent):
+        with rec.span(name, parent=parent):
             for i in range(50):
                 rec.add(model_call_span(name, f"{name} {i}"))
 
-    with rec.span("vote"):
-        threads = [threading.Thread(target=branch, args=(f"sample {k}",)) for k in range(2)]
+    with rec.span("vote") as vote:
+        threads = [threading.Thread(target=branch, args=(f"sample {k}", vote)) for k in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    # Threads start with an empty context, so each branch is a top-level span holding only its own calls.
-    branches = {span.name: span for span in rec.trace.spans if span.name.startswith("sample")}
-    assert set(branches) == {"sample 0", "sample 1"}
-    for name, span in branches.items():
+        rec.add(verification_span("pass", "majority"))  # still nests under vote, not under a branch
+    branches = {span.name: span for span in vote.children if span.kind == "node"}
+    assert set(branches) == {"sample 0", "sample 1"} and vote.children[-1].kind == "verification"
+    for name, span in branches.items():  # each branch holds only its own calls
         assert [c.model_call.prompt for c in span.children] == [name] * 50
 
 

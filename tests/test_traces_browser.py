@@ -25,6 +25,7 @@ from reasoner.traces import (
 )
 
 PHRASE = "Zebra Crossing"
+MARKUP = "</script><b>not markup</b><!--"  # trace text that would break a naively inlined page
 VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -151,7 +152,7 @@ def _pipeline_trace():
 def exported(tmp_path_factory) -> tuple[Path, list]:
     folder = tmp_path_factory.mktemp("viewer")
     traces = [
-        rollout_trace(prompt="What is 2+2?", completion="<think>two and two</think>4", rewards={"accuracy": 1.0},
+        rollout_trace(prompt="What is 2+2? " + MARKUP, completion="<think>two and two</think>4", rewards={"accuracy": 1.0},
                       advantage=0.5, step=1, correct=True, task="arith", completion_tokens=6),
         rollout_trace(prompt="What is 3+3?", completion="<think>three and three</think>7", rewards={"accuracy": 0.0},
                       advantage=-0.5, step=1, correct=False, task="arith", completion_tokens=8),
@@ -192,6 +193,8 @@ def test_tree_renders_in_chromium(chromium, exported, tmp_path):
     assert [v.all_text() for v in verdicts] == ["pass"] and "pass" in verdicts[0].classes()
     think = dom.find_all("details", class_="think")
     assert think and all("open" not in node.attrs for node in think), "think text must start folded"
+    previews = [n.all_text() for n in dom.find_all("span", class_="preview")]
+    assert any(MARKUP in text for text in previews) and not dom.find_all("b"), "trace text must stay text"
     dots = [n for n in dom.find_all("circle") if "dot" in n.classes()]
     assert len(dots) == 3  # one per trace with a reward
 

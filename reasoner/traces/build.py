@@ -105,16 +105,20 @@ class TraceRecorder:
         self.trace = Trace(source=source, task=task, model=model, prompt=prompt, metadata=dict(metadata or {}))
         self._current: contextvars.ContextVar[Span | None] = contextvars.ContextVar("reasoner_span", default=None)
 
-    def add(self, span: Span) -> Span:
-        """Attach a finished span under the currently open span (or at top level)."""
-        parent = self._current.get()
+    def add(self, span: Span, parent: Span | None = None) -> Span:
+        """Attach a finished span under `parent`, else under the currently open span (or at top level)."""
+        parent = parent or self._current.get()
         (parent.children if parent else self.trace.spans).append(span)
         return span
 
     @contextlib.contextmanager
-    def span(self, name: str, kind: str = "node", **attributes: Any) -> Iterator[Span]:
-        """Open a timed span; an exception marks it as an error and propagates."""
-        span = self.add(Span(kind=kind, name=name, start=time.time(), attributes=attributes))
+    def span(self, name: str, kind: str = "node", *, parent: Span | None = None,
+             **attributes: Any) -> Iterator[Span]:
+        """Open a timed span; an exception marks it as an error and propagates.
+
+        Plain threads start with an empty context: pass `parent=` to nest their spans explicitly.
+        """
+        span = self.add(Span(kind=kind, name=name, start=time.time(), attributes=attributes), parent)
         token = self._current.set(span)
         try:
             yield span

@@ -234,7 +234,10 @@ class TraceStore:
         if not path.exists():
             if not create:
                 raise TraceStoreError(f"no trace store at {path} (pass --store PATH or set REASONER_HOME)")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise TraceStoreError(f"cannot create a trace store at {path}: {err.strerror}") from None
         try:
             conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as err:
@@ -259,7 +262,8 @@ class TraceStore:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         if version > STORE_FORMAT:
             raise TraceStoreError(f"{self.path} was written by a newer reasoner (store format {version})")
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # switching needs a lock
+            self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")  # WAL+NORMAL: a killed process loses nothing committed
 
     def _is_ours(self) -> bool:
