@@ -169,14 +169,37 @@ def _exited_within(proc: subprocess.Popen, timeout: float) -> bool:
 
 def _wait(proc: subprocess.Popen, timeout: float) -> bool:
     timed_out = not _exited_within(proc, timeout)
-    # Killing the group kills the init process; in a PID namespace the kernel then kills the rest.
-    # Done after a clean exit too, for background children in the namespace-less fallbacks.
+    if timed_out:
+        # Kill the init process first and let `unshare` reap it: by the time a PID namespace's init
+        # has exited, the kernel has killed and reaped everything in it. Killing `unshare` first
+        # would return a verdict while the namespace is still being torn down.
+        for child in _children(proc.pid):
+            _kill(child)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    # The group: `unshare` itself if it is still there, and background children in the fallbacks.
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
     return timed_out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _read_capped(path: Path, cap: int) -> str:
@@ -238,10 +261,7 @@ def _kill_processes_of(uid: int) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            _kill(pid)
         time.sleep(0.01)
 
 
