@@ -186,11 +186,14 @@ def sample(state: StepState, runtime: Runtime[RunContext]) -> dict:
 
 
 def _answer_of(text: str, task: str) -> str | None:
+    """The extracted answer; an empty one ("<answer></answer>") is no answer."""
     if task == "code":
-        return checks.code_of(text)
-    from reasoner.verify import extract_answer
+        answer = checks.code_of(text)
+    else:
+        from reasoner.verify import extract_answer
 
-    return extract_answer(text)
+        answer = extract_answer(text)
+    return answer if answer and answer.strip() else None
 
 
 def verify(state: StepState) -> dict:
