@@ -27,22 +27,30 @@ def correct_text(correct: bool | None) -> Text:
     return Text("✔", style="bold green") if correct else Text("✘", style="bold red")
 
 
+def _verdict_reward(row: TraceSummary) -> Text:
+    """Correctness and reward share a column (✔ 1.5 / ✘ 0 / – 0.3): 80 columns is tight."""
+    return Text.assemble(correct_text(row.correct), " ", _num(row.reward))
+
+
 def summary_table(summaries: Sequence[TraceSummary], total: int | None = None) -> Table:
     shown = len(summaries)
     count = total if total is not None else shown
     caption = f"{shown} of {count} traces" if count != shown else f"{count} trace{'s' * (count != 1)}"
     table = Table(caption=caption, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
+    with_tokens = any(row.completion_tokens is not None for row in summaries)
     # (header, justify, min width): ids and times stay whole; the prompt preview takes what is left
-    for name, justify, width in (("id", "left", 12), ("created (UTC)", "left", 16), ("source", "left", 8),
-                                 ("task", "left", 5), ("model", "left", 4), ("ok", "left", 2),
-                                 ("reward", "right", 6), ("tokens", "right", 6), ("prompt", "left", 8)):
+    columns = [("id", "left", 12), ("created (UTC)", "left", 16), ("source", "left", 8), ("task", "left", 5),
+               ("model", "left", 5), ("ok reward", "right", 9)]
+    columns += [("tokens", "right", 6)] * with_tokens + [("prompt", "left", 8)]
+    for name, justify, width in columns:
         table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True, min_width=width)
     for row in summaries:
-        table.add_row(row.id[:12], row.created.strftime("%Y-%m-%d %H:%M"), row.source, row.task,
-                      row.model or "–", correct_text(row.correct), _num(row.reward),
-                      "–" if row.completion_tokens is None else str(row.completion_tokens),
-                      (row.preview or "")[:80])
+        cells = [row.id[:12], row.created.strftime("%Y-%m-%d %H:%M"), row.source, row.task, row.model or "–",
+                 _verdict_reward(row)]
+        if with_tokens:
+            cells.append("–" if row.completion_tokens is None else str(row.completion_tokens))
+        table.add_row(*cells, (row.preview or "")[:80])
     return table
 
 
