@@ -182,11 +182,11 @@ def answers_equal(reference: str, candidate: str, timeout: float = DEFAULT_TIMEO
             return False
         if reference == candidate:
             return True
+        if max(len(reference), len(candidate)) > MAX_ANSWER_CHARS:
+            return False
         ref_value, cand_value = _plain_number(reference), _plain_number(candidate)
         if ref_value is not None and cand_value is not None:
             return ref_value == cand_value
-        if max(len(reference), len(candidate)) > MAX_ANSWER_CHARS:
-            return False
         return _POOL.equal(reference, candidate, timeout)
     except Exception:
         log.debug("answer comparison failed", exc_info=True)
