@@ -1,7 +1,7 @@
 """reasoner.verify: the one place that decides whether an answer is right.
 
 Math: extract_answer, answers_equal, check_answer (answers.py).
-Code: run_python, run_many, ExecResult (sandbox.py); extract_code, check_code (code.py).
+Code: run_python, run_many, ExecResult (sandbox.py); extract_code, check_code, check_code_many (code.py).
 """
 from reasoner.verify.answers import answers_equal, check_answer, extract_answer
 from reasoner.verify.code import check_code, check_code_many, extract_code
