@@ -120,6 +120,7 @@ class RolloutEngine:
         self._signature = None
         self._cache: torch.Tensor | None = None  # [layers, batch, max_len, kv_rank + rope_dim]
         self._rope_tables: torch.Tensor | None = None
+        self.stats = {"prefill_rows": 0, "decode_steps": 0, "compactions": 0, "refreshes": 0}
 
     # ----------------------------------------------------------------------------------------- weights
     def _resolve_eos(self, eos_token_ids, tokenizer) -> list[int]:
@@ -141,7 +142,12 @@ class RolloutEngine:
             yield a.o_proj.weight
 
     def _current_signature(self):
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self._absorb_sources())
+        # Version counters catch ordinary in-place updates, but fused optimizers (AdamW(fused=True), the
+        # Trainer's default on some setups) and `.data` writes do not bump them, so a float64 checksum of each
+        # source matrix (one cheap read of a few attention matrices) is part of the signature as well.
+        with torch.no_grad():
+            return tuple((p.data_ptr(), p._version, p.dtype, p.device, float(p.detach().sum(dtype=torch.float64)))
+                         for p in self._absorb_sources())
 
     @property
     def device(self) -> torch.device:
@@ -153,7 +159,10 @@ class RolloutEngine:
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Recompute the absorbed matrices from the model's current weights (after an optimizer step)."""
+        """Recompute the absorbed matrices from the model's current weights.
+
+        `generate` calls this by itself whenever the source weights changed (version counter, storage or
+        checksum differs); call it directly after an optimizer step to make the refresh explicit."""
         H, C, nope, v, R = self.num_heads, self.kv_rank, self.nope_dim, self.v_dim, self.rope_dim
         for layer in self.layers:
             a = layer.attn
@@ -172,6 +181,7 @@ class RolloutEngine:
             layer.wo_abs = torch.einsum("ohv,hvc->ohc", wo, w_uv).reshape(wo.shape[0], H * C).to(dtype)
         self._signature = self._current_signature()
         self._rope_tables = None
+        self.stats["refreshes"] += 1
 
     def _maybe_refresh(self) -> None:
         if self._signature != self._current_signature():
@@ -328,6 +338,7 @@ class RolloutEngine:
             return rows
 
         logits = self._forward(ids, rot[pos], mask, write_prefill)[rep].float()
+        self.stats["prefill_rows"] += Np
 
         # ---- decode
         slots = torch.arange(cache.shape[2], device=dev)
@@ -381,6 +392,7 @@ class RolloutEngine:
                 dmask[:n_active] = dmask[keep]
                 position, rows, tok, done = position[keep], rows[keep], tok[keep], done[keep]
                 nb = n_active
+                self.stats["compactions"] += 1
             step_mask = dmask[:nb, None, None, : s + 1]
 
             def write_decode(li, latent, k_rope, _s=s, _nb=nb, C=self.kv_rank):
@@ -390,6 +402,7 @@ class RolloutEngine:
 
             logits = self._forward(tok[:, None], rot[position][:, None], step_mask, write_decode).float()
             position = position + 1
+            self.stats["decode_steps"] += 1
 
         out_tok, out_lp = out_tok.tolist(), out_lp.tolist()
         results = []

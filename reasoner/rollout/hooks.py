@@ -1,0 +1,115 @@
+"""Hooks that put the rollout engine behind TRL's GRPOTrainer and the pipeline's local backend.
+
+TRL's `rollout_func(prompts, trainer) -> {"prompt_ids", "completion_ids", "logprobs", ...}` does not need vLLM:
+GRPOTrainer calls it in `_generate` in place of `model.generate` and uses the returned ids as-is. TRL hands it
+the per-process prompt slice as sampled, in which each prompt already appears `num_generations` times in a row
+(RepeatSampler); we collapse each run of identical prompts into one prompt with `num_samples=len(run)`, so the
+G completions of a GRPO group share one prefill, and return exactly one completion per input row, in order.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Sequence
+
+from reasoner.rollout.engine import Completion, RolloutEngine
+
+
+def _prompt_ids(tokenizer, prompt, chat_template_kwargs: dict | None = None) -> list[int]:
+    if isinstance(prompt, str):  # TRL tokenizes plain-text prompts as processing_class(text=prompts)
+        return list(tokenizer(text=prompt)["input_ids"])
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                        **(chat_template_kwargs or {}))
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _runs(items: Sequence) -> list[tuple[int, int]]:
+    """(start, length) of each run of equal consecutive items."""
+    runs, start = [], 0
+    for key, group in itertools.groupby(range(len(items)), key=lambda i: repr(items[i])):
+        n = sum(1 for _ in group)
+        runs.append((start, n))
+        start += n
+    return runs
+
+
+def generate_grouped(engine: RolloutEngine, prompt_ids: list[list[int]], max_new_tokens: int,
+                     **kwargs) -> list[Completion]:
+    """One completion per row of `prompt_ids`; runs of identical consecutive prompts share one prefill."""
+    runs = _runs(prompt_ids)
+    out: list[Completion | None] = [None] * len(prompt_ids)
+    by_count: dict[int, list[int]] = {}
+    for start, n in runs:
+        by_count.setdefault(n, []).append(start)
+    for n, starts in by_count.items():
+        completions = engine.generate([prompt_ids[s] for s in starts], max_new_tokens, num_samples=n, **kwargs)
+        for k, c in enumerate(completions):
+            out[starts[k // n] + k % n] = c
+    return out  # type: ignore[return-value]
+
+
+def make_rollout_func(engine: RolloutEngine | None = None, *, stop_strings: Sequence[str] = (),
+                      max_batch_size: int = 64, seed: int | None = None,
+                      **engine_kwargs) -> Callable[[list, Any], dict[str, list]]:
+    """A `rollout_func` for `GRPOTrainer(..., rollout_func=make_rollout_func())`.
+
+    Sampling settings come from the trainer's GRPOConfig at each call (temperature, top_p, top_k,
+    max_completion_length; `generation_kwargs` may override them and add `stop_strings`), so one function
+    serves train and eval. The engine is built on first use from the trainer's (unwrapped) model unless
+    given; its absorbed matrices are refreshed automatically after each optimizer step. Returned
+    `logprobs` are those of the sampling distribution (vLLM's `processed_logprobs`).
+    """
+    state = {"engine": engine, "calls": 0, "step": None}
+
+    def rollout_func(prompts: list, trainer) -> dict[str, list]:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        eng = state["engine"]
+        if eng is None or eng.model is not model:
+            eng = state["engine"] = RolloutEngine(model, trainer.processing_class, max_batch_size=max_batch_size,
+                                                  **engine_kwargs)
+        if state["step"] != trainer.state.global_step:  # weights moved since the last rollout
+            eng.refresh()
+            state["step"] = trainer.state.global_step
+        args = trainer.args
+        options = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0,
+                       max_new_tokens=args.max_completion_length, stop_strings=tuple(stop_strings))
+        for key, value in (args.generation_kwargs or {}).items():
+            if key in ("temperature", "top_p", "top_k", "max_new_tokens", "stop_strings"):
+                options[key] = tuple(value) if key == "stop_strings" else value
+        base = seed if seed is not None else args.seed
+        call_seed = base * 1_000_003 + trainer.state.global_step * 1_009 + state["calls"]
+        state["calls"] += 1
+        tokenizer = trainer.processing_class
+        template_kwargs = getattr(trainer, "chat_template_kwargs", None)
+        prompt_ids = [_prompt_ids(tokenizer, p, template_kwargs) for p in prompts]
+        max_new = options.pop("max_new_tokens")
+        completions = generate_grouped(eng, prompt_ids, max_new, seed=call_seed, **options)
+        return {
+            "prompt_ids": prompt_ids,
+            "completion_ids": [c.token_ids for c in completions],
+            "logprobs": [c.logprobs for c in completions],
+        }
+
+    rollout_func.state = state  # the engine, for inspection
+    return rollout_func
+
+
+class LocalBackend:
+    """Text-in, text-out generation for the pipeline's local backend.
+
+    backend = LocalBackend(model, tokenizer)
+    texts = backend.complete([[{"role": "user", "content": "2+2?"}]], max_new_tokens=128, temperature=0)
+    """
+
+    def __init__(self, model, tokenizer, **engine_kwargs):
+        self.tokenizer = tokenizer
+        self.engine = RolloutEngine(model, tokenizer, **engine_kwargs)
+
+    def generate(self, prompts: Sequence, max_new_tokens: int = 256, **kwargs) -> list[Completion]:
+        """prompts: chat message lists or plain strings; kwargs as RolloutEngine.generate."""
+        ids = [_prompt_ids(self.tokenizer, p) for p in prompts]
+        return self.engine.generate(ids, max_new_tokens, **kwargs)
+
+    def complete(self, prompts: Sequence, max_new_tokens: int = 256, **kwargs) -> list[str]:
+        return [c.text for c in self.generate(prompts, max_new_tokens, **kwargs)]
