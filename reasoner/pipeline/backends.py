@@ -103,7 +103,7 @@ class LocalBackend(Backend):
     def _sample(self, ids, n, sampling, max_new, timeout) -> list[tuple[str, str, int]]:
         if self._engine is not None:
             done = self._engine.generate([ids], max_new_tokens=max_new, temperature=sampling.temperature,
-                                         top_p=sampling.top_p, top_k=0, seed=sampling.seed, stop_strings=None,
+                                         top_p=sampling.top_p, top_k=0, seed=sampling.seed, stop_strings=(),
                                          num_samples=n)
             return [(c.text, "length" if c.finish_reason == "length" else "stop", len(c.token_ids)) for c in done]
         return self._hf_generate(ids, n, sampling, max_new, timeout)
@@ -177,10 +177,10 @@ class OpenAIBackend(Backend):
             detail = err.read()[:300].decode(errors="replace")
             raise BackendError(f"{self.url}: HTTP {err.code} {err.reason}: {detail}") from None
         except (TimeoutError, socket.timeout):
-            raise BackendError(f"{self.url}: no answer within {timeout:.0f}s") from None
+            raise BackendError(f"{self.url}: no answer within {timeout:g}s") from None
         except urllib.error.URLError as err:
             if isinstance(err.reason, (TimeoutError, socket.timeout)):
-                raise BackendError(f"{self.url}: no answer within {timeout:.0f}s") from None
+                raise BackendError(f"{self.url}: no answer within {timeout:g}s") from None
             raise BackendError(f"{self.url}: cannot connect: {err.reason}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BackendError(f"{self.url}: the reply is not JSON") from None
