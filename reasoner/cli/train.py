@@ -1,6 +1,31 @@
-"""`reasoner train`."""
+"""`reasoner train RECIPE`: cold-start SFT then GRPO, resumable."""
+from __future__ import annotations
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("train", help="(not yet available)")
-    parser.set_defaults(func=lambda args: print("reasoner train: not yet available") or 1)
+    parser = subparsers.add_parser(
+        "train", help="run a training recipe (SFT cold start, then GRPO)",
+        description="Run a recipe from configs/recipes/ (or a YAML path). Rerunning the same command after "
+        "an interruption resumes from the last complete checkpoint; finished stages are skipped.",
+    )
+    parser.add_argument("recipe", help="recipe YAML or packaged name (e.g. demo, arith)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set grpo.beta=0.01 (repeatable)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation at the end")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from reasoner.rl.recipe import Recipe
+    from reasoner.rl.train import train
+
+    console = Console()
+    recipe = Recipe.load(args.recipe, args.overrides)
+    result = train(recipe, log=console.print)
+    if not args.no_eval:
+        from reasoner.rl.report import evaluate_checkpoints
+
+        evaluate_checkpoints(recipe, result.checkpoints, console)
+    return 0

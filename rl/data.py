@@ -1,0 +1,37 @@
+"""Problems -> TRL datasets. Prompts are rendered with the tokenizer's chat template once, here, so
+SFT, GRPO, evaluation and the pipeline all see exactly the same prompt text."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+
+from reasoner.config import PACKAGE_ROOT
+from reasoner.tasks.base import Problem
+
+PROMPT_STYLES = ("plain", "r1")
+
+
+def r1_system_prompt() -> str:
+    return (PACKAGE_ROOT / "prompts" / "r1_system.txt").read_text().strip()
+
+
+def render_prompt(question: str, tokenizer, style: str = "plain") -> str:
+    """`plain`: the question alone (compact for character-level models); `r1`: DeepSeek-R1's template."""
+    messages = [{"role": "user", "content": question}]
+    if style == "r1":
+        messages.insert(0, {"role": "system", "content": r1_system_prompt()})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def sft_dataset(problems: list[Problem], tokenizer, style: str = "plain") -> Dataset:
+    rows = [{"prompt": render_prompt(p.question, tokenizer, style),
+             "completion": p.target() + tokenizer.eos_token} for p in problems]
+    return Dataset.from_list(rows)
+
+
+def grpo_dataset(problems: list[Problem], tokenizer, style: str = "plain") -> Dataset:
+    """Prompt plus the columns the rewards read (answer, tests, entry_point, task)."""
+    rows = [{"prompt": render_prompt(p.question, tokenizer, style), "answer": p.answer, "task": p.task,
+             "problem_id": p.id, "tests": p.tests, "entry_point": p.entry_point or ""} for p in problems]
+    return Dataset.from_list(rows)

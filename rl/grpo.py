@@ -1,0 +1,110 @@
+"""Stage 2: TRL's GRPOTrainer with rule-based rewards, load balancing and rollout recording."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from accelerate.utils import gather_object
+from trl import GRPOConfig, GRPOTrainer
+
+from reasoner.rl.balance import ExpertLoadBalancer
+from reasoner.rl.checkpoints import MarkCompleteCheckpoints, latest_complete_checkpoint
+from reasoner.rl.recipe import Recipe
+from reasoner.rl.rewards import build_rewards
+
+RolloutSink = Callable[[list[dict]], None]
+
+
+class RecordingGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer that hands every scored rollout (prompt, completion, rewards, advantage) to a sink.
+
+    TRL already gathers these for its own logging (`self._logs`); we read the newest entries after each
+    generation round instead of recomputing anything.
+    """
+
+    def __init__(self, *args, rollout_sink: RolloutSink | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rollout_sink = rollout_sink
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        problem_ids = gather_object([row.get("problem_id") for row in inputs])
+        answers = gather_object([row.get("answer") for row in inputs])
+        if self.rollout_sink is not None and self.accelerator.is_main_process:
+            self.rollout_sink(self._latest_rollouts(problem_ids, answers))
+        return output
+
+    def _latest_rollouts(self, problem_ids: list, answers: list) -> list[dict]:
+        n = len(problem_ids)
+        logs = self._logs
+        tail = lambda values: list(values)[-n:]  # noqa: E731
+        rewards = {name: tail(values) for name, values in logs["rewards"].items()}
+        records = []
+        for i, (prompt, completion, advantage) in enumerate(
+                zip(tail(logs["prompt"]), tail(logs["completion"]), tail(logs["advantages"]))):
+            per_reward = {name: values[i] for name, values in rewards.items()}
+            records.append({
+                "step": self.state.global_step, "problem_id": problem_ids[i], "gold": answers[i],
+                "prompt": prompt, "completion": completion, "rewards": per_reward,
+                "reward": sum(v * w for v, w in zip(per_reward.values(), self.reward_weights.tolist())
+                              if v == v),  # NaN (reward not applicable) counts as nothing
+                "advantage": advantage,
+            })
+        return records
+
+
+def grpo_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> GRPOConfig:
+    stage = recipe.grpo
+    weights = stage.reward_weights or [1.0] * len(stage.rewards)
+    return GRPOConfig(
+        output_dir=str(output_dir), max_steps=stage.max_steps, learning_rate=stage.learning_rate,
+        per_device_train_batch_size=stage.prompts_per_step * stage.num_generations,
+        num_generations=stage.num_generations, gradient_accumulation_steps=1, steps_per_generation=1,
+        max_completion_length=stage.max_completion_length, temperature=stage.temperature, top_p=stage.top_p,
+        loss_type=stage.loss_type, beta=stage.beta, epsilon=stage.epsilon, epsilon_high=stage.epsilon_high,
+        scale_rewards=stage.scale_rewards, reward_weights=weights, mask_truncated_completions=False,
+        seed=recipe.seed, logging_steps=1, save_steps=stage.save_steps, save_total_limit=2,
+        report_to=[], use_cpu=use_cpu, bf16=False, dataloader_num_workers=0, use_vllm=stage.use_vllm,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=5, disable_tqdm=False, gradient_checkpointing=False,
+    )
+
+
+def run_grpo(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cpu: bool,
+             rollout_sink: RolloutSink | None = None, rollout_func=None, callbacks=()):
+    stage = recipe.grpo
+    rewards = build_rewards(stage.rewards, stage.max_completion_length, stage.overlong_buffer)
+    trainer = RecordingGRPOTrainer(
+        model=model, reward_funcs=rewards, args=grpo_config(recipe, output_dir, use_cpu),
+        train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout_func,
+        callbacks=[MarkCompleteCheckpoints(), *callbacks], rollout_sink=rollout_sink,
+    )
+    balancer = ExpertLoadBalancer(trainer.model, recipe.balance.gamma)
+    trainer.add_callback(balancer)
+    trainer.train(resume_from_checkpoint=latest_complete_checkpoint(output_dir))
+    trainer.balancer = balancer
+    return trainer
+
+
+def trace_sink(task: str, model: str, store_path: str | Path | None = None) -> RolloutSink:
+    """Write each generation round's rollouts to the trace store as one transaction."""
+    from reasoner.traces import TraceStore, rollout_trace
+
+    store = TraceStore.open(store_path)
+
+    def sink(records: list[dict]) -> None:
+        store.add_many([
+            rollout_trace(prompt=r["prompt"], completion=r["completion"], rewards=r["rewards"], step=r["step"],
+                          advantage=r["advantage"], correct=_correct(r["rewards"]), task=task, model=model,
+                          total_reward=r["reward"], metadata={"problem_id": r["problem_id"], "gold": r["gold"]})
+            for r in records
+        ])
+
+    return sink
+
+
+def _correct(rewards: dict[str, float]) -> bool | None:
+    for name in ("accuracy_reward", "code_reward"):
+        value = rewards.get(name)
+        if value is not None and value == value:  # not NaN: the reward applied to this task
+            return value == 1.0
+    return None

@@ -1,0 +1,36 @@
+"""Held-out evaluation of a run's checkpoints, printed as one table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from reasoner.model import load_model
+from reasoner.rl.evaluate import Metric, evaluate
+from reasoner.rl.recipe import Recipe
+from reasoner.rl.train import heldout_problems
+
+
+def evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path], console) -> dict[str, dict[str, Metric]]:
+    problems = heldout_problems(recipe)
+    results = {}
+    for stage, path in checkpoints.items():
+        model, tokenizer = load_model(path)
+        results[stage] = evaluate(model, tokenizer, problems, recipe.eval.samples, recipe.eval.temperature,
+                                  recipe.eval.max_new_tokens, recipe.task.prompt_style,
+                                  output=Path(recipe.output_dir) / stage / "eval.jsonl",
+                                  description=f"evaluating {stage}")
+    console.print(results_table(results, f"held-out {recipe.task.name} level {recipe.task.eval_level}, "
+                                         f"n={len(problems)}"))
+    return results
+
+
+def results_table(results: dict[str, dict[str, Metric]], title: str) -> Table:
+    metrics = list(next(iter(results.values())))
+    table = Table(title=title)
+    table.add_column("checkpoint")
+    for metric in metrics:
+        table.add_column(f"{metric} (95% CI)", justify="right")
+    for stage, values in results.items():
+        table.add_row(stage, *(str(values[m]) for m in metrics))
+    return table

@@ -1,0 +1,62 @@
+"""Rule-based rewards for GRPO, in TRL's reward-function form: f(prompts, completions, **columns).
+
+Answer and code checking come from `reasoner.verify`, the same verifiers the pipeline uses. A reward
+returns None where it does not apply (accuracy on a code task, say); TRL then leaves it out.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from reasoner.verify import check_answer, check_code
+
+# One <think> block, then one <answer> block, nothing else around them.
+FORMAT = re.compile(r"^\s*<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>|</answer>).)*</answer>\s*$",
+                    re.DOTALL)
+
+
+def completion_text(completion) -> str:
+    """TRL passes plain strings, or message lists for conversational datasets."""
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion)
+    return completion
+
+
+def accuracy_reward(prompts, completions, answer, task=None, **_) -> list[float | None]:
+    tasks = task or [None] * len(completions)
+    return [None if t == "code" else float(check_answer(completion_text(c), gold))
+            for c, gold, t in zip(completions, answer, tasks)]
+
+
+def format_reward(prompts, completions, **_) -> list[float]:
+    return [float(bool(FORMAT.match(completion_text(c)))) for c in completions]
+
+
+def code_reward(prompts, completions, tests, entry_point, task=None, **_) -> list[float | None]:
+    tasks = task or ["code"] * len(completions)
+    return [check_code(completion_text(c), list(t), e) if kind == "code" else None
+            for c, t, e, kind in zip(completions, tests, entry_point, tasks)]
+
+
+def overlong_penalty(max_length: int, buffer: int) -> Callable:
+    """DAPO's soft overlong punishment: 0 up to max_length - buffer, then linearly down to -1."""
+
+    def overlong_reward(prompts, completions, completion_ids, **_) -> list[float]:
+        start = max_length - buffer
+        return [0.0 if len(ids) <= start else max(-1.0, (start - len(ids)) / buffer) for ids in completion_ids]
+
+    return overlong_reward
+
+
+def build_rewards(names: list[str], max_completion_length: int, overlong_buffer: int) -> list[Callable]:
+    table = {"accuracy": accuracy_reward, "format": format_reward, "code": code_reward}
+    rewards = []
+    for name in names:
+        if name == "overlong":
+            rewards.append(overlong_penalty(max_completion_length, overlong_buffer))
+        else:
+            rewards.append(table[name])
+    return rewards
+
+
+REWARD_NAMES = ("accuracy", "format", "code", "overlong")

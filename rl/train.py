@@ -1,0 +1,85 @@
+"""The R1 recipe end to end: cold-start SFT, then GRPO, each stage resumable and saved atomically.
+
+Layout of a run directory:
+    sft/checkpoint-N/   Trainer checkpoints (resume points)     sft/final/   the cold-start model
+    grpo/checkpoint-N/                                          grpo/final/  the RL model
+    */training.png      reward, accuracy, length and MaxVio over steps
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from reasoner.model import is_checkpoint, load_model, save_checkpoint
+from reasoner.rl.data import grpo_dataset, sft_dataset
+from reasoner.rl.plots import plot_training
+from reasoner.rl.recipe import Recipe
+from reasoner.tasks import Problem, get_task
+
+
+@dataclass
+class TrainResult:
+    checkpoints: dict[str, Path] = field(default_factory=dict)   # stage -> final checkpoint
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def training_problems(recipe: Recipe, levels: list[int], total: int) -> list[Problem]:
+    task = get_task(recipe.task.name)
+    per_level = max(1, total // max(1, len(levels)))
+    return [p for level in levels for p in task.problems("train", per_level, level=level, seed=recipe.seed)]
+
+
+def heldout_problems(recipe: Recipe, level: int | None = None, n: int | None = None) -> list[Problem]:
+    task = get_task(recipe.task.name)
+    return task.problems("heldout", n or recipe.task.n_eval, level=level or recipe.task.eval_level, seed=recipe.seed)
+
+
+def train(recipe: Recipe, log=print) -> TrainResult:
+    set_seed(recipe.seed)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    out = Path(recipe.output_dir)
+    result = TrainResult()
+    start = recipe.model
+    if recipe.sft.enabled:
+        start = _stage(result, "sft", out, start, recipe, log)
+    if recipe.grpo.enabled:
+        _stage(result, "grpo", out, start, recipe, log)
+    return result
+
+
+def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe: Recipe, log) -> Path:
+    final = out / stage / "final"
+    if is_checkpoint(final):
+        log(f"[{stage}] already finished: {final} (delete it to train again)")
+    else:
+        model, tokenizer = load_model(start)
+        log(f"[{stage}] training from {start}")
+        trainer = _run_stage(stage, recipe, model, tokenizer, out / stage)
+        save_checkpoint(model, tokenizer, final, {"stage": stage, "recipe": recipe.to_dict(),
+                                                  "started_from": str(start)})
+        plot = plot_training(trainer.state.log_history, out / stage / "training.png", f"{recipe.name}: {stage}")
+        if plot:
+            result.plots[stage] = plot
+            (final / "training.png").write_bytes(plot.read_bytes())
+        log(f"[{stage}] saved {final}")
+    result.checkpoints[stage] = final
+    return final
+
+
+def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
+    use_cpu = not torch.cuda.is_available()
+    style = recipe.task.prompt_style
+    if stage == "sft":
+        from reasoner.rl.sft import run_sft
+
+        problems = training_problems(recipe, recipe.task.train_levels, recipe.task.per_level * len(recipe.task.train_levels))
+        return run_sft(recipe, model, tokenizer, sft_dataset(problems, tokenizer, style), output_dir, use_cpu)
+    from reasoner.rl.grpo import run_grpo, trace_sink
+
+    problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)
+    return run_grpo(recipe, model, tokenizer, grpo_dataset(problems, tokenizer, style), output_dir, use_cpu,
+                    rollout_sink=trace_sink(task=recipe.task.name, model=f"{recipe.name}/grpo"))
