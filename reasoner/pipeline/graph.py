@@ -218,7 +218,7 @@ def vote(state: StepState) -> dict:
     status, pool = next(((status, by_verdict[v]) for v, status in
                          (("pass", "verified"), ("unknown", "unverified"), ("fail", "failed")) if by_verdict[v]),
                         ("failed", []))
-    answer, count = _majority([s["answer"] for s in pool])
+    answer, count = majority([s["answer"] for s in pool])
     failure = next((s for s in state["samples"] if s["verdict"]["verdict"] != "pass"), None)
     chosen = {"answer": answer, "status": status, "votes": count,
               "failure": {"answer": failure["answer"] or "(none)", "feedback": failure["verdict"]["detail"]}
@@ -228,7 +228,7 @@ def vote(state: StepState) -> dict:
     return {"chosen": chosen, "step_spans": [span]}
 
 
-def _majority(answers: list[str]) -> tuple[str | None, int]:
+def majority(answers: list[str]) -> tuple[str | None, int]:
     """The most common answer, equal answers ("0.5", "1/2") counted together; ties go to the first."""
     from reasoner.verify import answers_equal
 
