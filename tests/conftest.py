@@ -1,0 +1,28 @@
+"""Shared fixtures: a real tiny model, built once per session from configs/models/tiny.yaml."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Tests share 2 cores with each other's subprocesses; more threads only add contention.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from reasoner.model import load_model
+
+    return load_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny):
+    from reasoner.model import save_checkpoint
+
+    model, tokenizer = tiny
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "tiny", {"purpose": "tests"})
