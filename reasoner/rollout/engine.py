@@ -28,7 +28,7 @@ de-interleaving the rope key once, before it is cached; this is the same arithme
 """
 from __future__ import annotations
 
-import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -84,8 +84,7 @@ class RolloutEngine:
     """
 
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 64, eos_token_ids=None,
-                 pad_token_id: int | None = None, compact: bool = True,
-                 dense_moe_flops: float = 2e7):
+                 pad_token_id: int | None = None, compact: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         c = model.config
@@ -98,7 +97,6 @@ class RolloutEngine:
         self.interleave = bool(getattr(c, "rope_interleave", False))
         self.max_batch_size = max_batch_size
         self.compact = compact
-        self.dense_moe_flops = dense_moe_flops
         self.eos_token_ids = self._resolve_eos(eos_token_ids, tokenizer)
         if pad_token_id is None:
             pad_token_id = getattr(model.generation_config, "pad_token_id", None)
@@ -242,29 +240,6 @@ class RolloutEngine:
         out = torch.bmm(probs.view(B, S * H, -1), keys[..., :C])  # [B, S*H, C]
         return F.linear(out.view(B, S, H * C), layer.wo_abs, a.o_proj.bias)
 
-    def _mlp(self, mlp, h: torch.Tensor) -> torch.Tensor:
-        """The model's own MLP / MoE. For small decode batches the routed experts run densely (every expert
-        on every token, combined with the router's weights, zero for unrouted experts): a few large matmuls
-        instead of a Python loop over experts. Routing is always the model's own router."""
-        experts = getattr(mlp, "experts", None)
-        if experts is None or not self._dense_moe_ok(h, experts):
-            return mlp(h)
-        shape = h.shape
-        x = h.reshape(-1, shape[-1])
-        _, weights, index = mlp.gate(x)
-        combine = torch.zeros(x.shape[0], experts.num_experts, dtype=x.dtype, device=x.device)
-        combine.scatter_(1, index, weights.to(x.dtype))
-        gate, up = torch.matmul(x, experts.gate_up_proj.transpose(1, 2)).chunk(2, dim=-1)  # [E, T, I] each
-        y = torch.bmm(experts.act_fn(gate) * up, experts.down_proj.transpose(1, 2))  # [E, T, hidden]
-        y = torch.einsum("te,eth->th", combine, y) + mlp.shared_experts(x)
-        return y.view(shape)
-
-    def _dense_moe_ok(self, h, experts) -> bool:
-        tokens = h.numel() // h.shape[-1]
-        flops = 6 * tokens * experts.num_experts * experts.intermediate_dim * experts.hidden_dim
-        return (self.dense_moe_flops > 0 and flops <= self.dense_moe_flops and not experts.is_transposed
-                and experts.has_gate and not experts.has_bias)
-
     def _forward(self, ids, freqs, mask, write) -> torch.Tensor:
         """Hidden states after the final norm for the last position: [B, hidden]."""
         x = self._embed(ids)
@@ -272,19 +247,21 @@ class RolloutEngine:
             h = _rms_norm(x, layer.ln1_w, layer.ln1_eps)
             x = x + self._attention(layer, li, h, freqs, mask, write)
             h = _rms_norm(x, layer.ln2_w, layer.ln2_eps)
-            x = x + self._mlp(layer.mlp, h)
+            x = x + layer.mlp(h)  # the model's own MLP / MoE (router, experts, shared)
         return self._lm_head(_rms_norm(x[:, -1], self._norm.weight, self._norm.variance_epsilon))
 
     # ----------------------------------------------------------------------------------------- generate
     @torch.inference_mode()
     def generate(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_strings=(),
-                 num_samples: int = 1, ignore_eos: bool = False, return_logits: bool = False) -> list[Completion]:
+                 num_samples: int = 1, ignore_eos: bool = False, return_logits: bool = False,
+                 max_time: float | None = None) -> list[Completion]:
         """num_samples completions per prompt, prompt-major (p0s0, p0s1, ..., p1s0, ...).
 
         The num_samples completions of one prompt share one prefill (its latent cache rows are copied).
         temperature=0 is greedy. With return_logits, each Completion gets `.logits` ([steps, vocab] raw
         float32 logits of every step, as `model.generate(output_logits=True)` returns them).
+        max_time (seconds, like generate's) ends decoding early; unfinished rows then report "length".
         """
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -300,15 +277,16 @@ class RolloutEngine:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         per_chunk = max(1, self.max_batch_size // num_samples)
+        deadline = None if max_time is None else time.perf_counter() + max_time
         results: list[Completion] = []
         for start in range(0, len(prompt_ids), per_chunk):
             chunk = [list(map(int, p)) for p in prompt_ids[start:start + per_chunk]]
             results += self._generate_chunk(chunk, start, num_samples, max_new_tokens, params, generator,
-                                            tuple(stop_strings), ignore_eos, return_logits)
+                                            tuple(stop_strings), ignore_eos, return_logits, deadline)
         return results
 
     def _generate_chunk(self, prompts, first_index, G, max_new, params, generator, stop_strings, ignore_eos,
-                        return_logits) -> list[Completion]:
+                        return_logits, deadline=None) -> list[Completion]:
         dev = self.device
         Np = len(prompts)
         B = Np * G
@@ -384,6 +362,10 @@ class RolloutEngine:
                 break
             n_active = nb - int(done.sum())
             if n_active == 0:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                for r in rows[~done].tolist():
+                    n_tokens[r] = t + 1
                 break
             s = P + t  # cache slot of the token being fed
             if self.compact and n_active <= nb // 2 and nb >= 8:

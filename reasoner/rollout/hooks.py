@@ -1,4 +1,5 @@
-"""Hooks that put the rollout engine behind TRL's GRPOTrainer and the pipeline's local backend.
+"""Hooks that put the rollout engine behind TRL's GRPOTrainer (the pipeline's LocalBackend calls
+`RolloutEngine.generate` directly, see reasoner/pipeline/backends.py).
 
 TRL's `rollout_func(prompts, trainer) -> {"prompt_ids", "completion_ids", "logprobs", ...}` does not need vLLM:
 GRPOTrainer calls it in `_generate` in place of `model.generate` and uses the returned ids as-is. TRL hands it
@@ -93,23 +94,3 @@ def make_rollout_func(engine: RolloutEngine | None = None, *, stop_strings: Sequ
 
     rollout_func.state = state  # the engine, for inspection
     return rollout_func
-
-
-class LocalBackend:
-    """Text-in, text-out generation for the pipeline's local backend.
-
-    backend = LocalBackend(model, tokenizer)
-    texts = backend.complete([[{"role": "user", "content": "2+2?"}]], max_new_tokens=128, temperature=0)
-    """
-
-    def __init__(self, model, tokenizer, **engine_kwargs):
-        self.tokenizer = tokenizer
-        self.engine = RolloutEngine(model, tokenizer, **engine_kwargs)
-
-    def generate(self, prompts: Sequence, max_new_tokens: int = 256, **kwargs) -> list[Completion]:
-        """prompts: chat message lists or plain strings; kwargs as RolloutEngine.generate."""
-        ids = [_prompt_ids(self.tokenizer, p) for p in prompts]
-        return self.engine.generate(ids, max_new_tokens, **kwargs)
-
-    def complete(self, prompts: Sequence, max_new_tokens: int = 256, **kwargs) -> list[str]:
-        return [c.text for c in self.generate(prompts, max_new_tokens, **kwargs)]

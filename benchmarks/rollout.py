@@ -1,0 +1,208 @@
+"""Rollout throughput: our absorbed-MLA engine vs `model.generate` vs transformers' continuous batching.
+
+    python benchmarks/rollout.py            # full table: tiny + small configs, batch 16 and 64, 256 new tokens
+    python benchmarks/rollout.py --quick    # tiny, batch 16, 256 new tokens; ends with `speedup_vs_generate=X`
+
+Same random-init checkpoint, same prompts (random lengths 16..48), sampling at temperature 1 with EOS ignored
+so every method produces exactly batch x new_tokens tokens. Runs of ours and of the baseline are interleaved
+(ours, generate, ours, generate, ...) so a shared, noisy machine slows both alike; each figure is the median.
+Also prints KV-cache bytes per token, analytic for the DeepSeek-V3 shape and measured on the small config.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reasoner.model import load_model, model_config  # noqa: E402
+from reasoner.rollout import RolloutEngine  # noqa: E402
+
+
+def make_prompts(tokenizer, batch: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    low = len(tokenizer.all_special_ids) + 8  # ordinary characters
+    high = len(tokenizer)
+    return [torch.randint(low, high, (int(torch.randint(16, 49, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(batch)]
+
+
+def sampling_config(model, new_tokens: int):
+    gc = copy.deepcopy(model.generation_config)
+    gc.eos_token_id = None  # every method runs the full new_tokens
+    gc.do_sample, gc.temperature, gc.top_p, gc.top_k = True, 1.0, 1.0, 0
+    gc.max_new_tokens = new_tokens
+    return gc
+
+
+def run_ours(engine, prompts, new_tokens, seed):
+    out = engine.generate(prompts, new_tokens, temperature=1.0, seed=seed, ignore_eos=True)
+    assert all(len(c.token_ids) == new_tokens for c in out)
+
+
+def run_generate(model, tokenizer, prompts, new_tokens, seed):
+    enc = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(**enc, generation_config=sampling_config(model, new_tokens))
+    assert out.shape[1] == enc["input_ids"].shape[1] + new_tokens
+
+
+def run_continuous(model, prompts, new_tokens, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():  # not inference_mode: its worker thread updates the paged cache in place
+        out = model.generate_batch(prompts, generation_config=sampling_config(model, new_tokens), progress_bar=False)
+    lengths = [len(r.generated_tokens) for r in out.values()]
+    if len(lengths) != len(prompts) or any(n != new_tokens for n in lengths):
+        raise RuntimeError(f"continuous batching returned {len(lengths)} requests with lengths "
+                           f"{sorted(set(lengths))} (see the ContinuousBatchingLogger error above)")
+
+
+def continuous_batching_error(model, prompts) -> str | None:
+    """None if transformers' continuous batching runs on this model, else why not (checked on a tiny request)."""
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.ERROR)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    cb_logger = logging.getLogger("ContinuousBatchingLogger")
+    keep = Keep()
+    cb_logger.addHandler(keep)
+    cb_logger.propagate = False
+    try:
+        run_continuous(model, prompts[:2], 2, 0)
+        return None
+    except Exception as err:  # noqa: BLE001 - reported in the table
+        cause = next((m for m in keep.messages if "Error" in m), str(err))
+        return f"{type(err).__name__}: {cause.splitlines()[-1][:220]}"
+    finally:
+        cb_logger.removeHandler(keep)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_case(name, batch, new_tokens, repeats, with_cb):
+    model, tokenizer = load_model(name)
+    model.eval()
+    prompts = make_prompts(tokenizer, batch)
+    engine = RolloutEngine(model, tokenizer, max_batch_size=max(64, batch))
+    run_ours(engine, prompts, 8, 0)  # warm-up: absorbed matrices, cache, rope table
+    run_generate(model, tokenizer, prompts, 8, 0)
+    ours, gen = [], []
+    for r in range(repeats):  # interleaved
+        ours.append(timed(lambda: run_ours(engine, prompts, new_tokens, r)))
+        gen.append(timed(lambda: run_generate(model, tokenizer, prompts, new_tokens, r)))
+    tokens = batch * new_tokens
+    row = {"config": name, "batch": batch, "new_tokens": new_tokens,
+           "ours": tokens / statistics.median(ours), "generate": tokens / statistics.median(gen),
+           "paired": statistics.median(g / o for g, o in zip(gen, ours))}
+    row["speedup"] = row["ours"] / row["generate"]
+    if with_cb:
+        error = continuous_batching_error(model, prompts)
+        if error is None:
+            cb = [timed(lambda: run_continuous(model, prompts, new_tokens, r)) for r in range(max(1, repeats - 1))]
+            row["cb"] = tokens / statistics.median(cb)
+        else:
+            row["cb"], row["cb_error"] = None, error
+    return row
+
+
+def kv_bytes(dtype_bytes: int = 2) -> list[str]:
+    """KV-cache bytes per token: analytic for the DeepSeek-V3 shape, measured on the small config."""
+    c = model_config("deepseek-v3")
+    L, H = c.num_hidden_layers, c.num_attention_heads
+    latent = L * (c.kv_lora_rank + c.qk_rope_head_dim) * dtype_bytes
+    expanded = L * H * (c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * dtype_bytes
+    lines = [
+        f"DeepSeek-V3 shape ({L} layers, {H} heads, kv_lora_rank {c.kv_lora_rank}, rope {c.qk_rope_head_dim}, "
+        f"bf16), per token:",
+        f"  ours (latent + rope key, static buffer):                 {latent:>10,d} B",
+        f"  transformers DynamicCache (also stores the latent):       {latent:>10,d} B",
+        f"  K/V that transformers re-expands per cached token/step:  {expanded:>10,d} B "
+        f"({expanded / latent:.0f}x, rebuilt every decode step, never kept)",
+    ]
+    model, tokenizer = load_model("small")
+    model.eval()
+    prompts = make_prompts(tokenizer, 4)
+    enc = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
+    cache = out.past_key_values
+    tokens = enc["input_ids"].shape[0] * cache.get_seq_length()
+    hf = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) / tokens
+    engine = RolloutEngine(model, tokenizer)
+    engine.generate(prompts, 8, temperature=0.0)
+    measured = engine._cache.nbytes / (engine._cache.shape[1] * engine._cache.shape[2])
+    c = model.config
+    expanded_small = c.num_hidden_layers * c.num_attention_heads * (
+        c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * 4
+    lines += [
+        f"small config measured (float32), per token: ours {measured:,.0f} B "
+        f"(buffer bytes / slots), transformers DynamicCache {hf:,.0f} B; "
+        f"re-expanded K/V per cached token per step {expanded_small:,d} B",
+    ]
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny config, batch 16 only (a few minutes)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core machine more threads spin and contend)")
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved timed runs per method")
+    ap.add_argument("--configs", nargs="+", default=None)
+    ap.add_argument("--batches", nargs="+", type=int, default=None)
+    ap.add_argument("--no-cb", action="store_true", help="skip transformers' continuous batching")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    configs = args.configs or (["tiny"] if args.quick else ["tiny", "small"])
+    batches = args.batches or ([16] if args.quick else [16, 64])
+    repeats = args.repeats or (3 if args.quick else 2)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu count {os.cpu_count()}, "
+          f"{args.new_tokens} new tokens, sampling T=1, EOS ignored, {repeats} interleaved runs, medians")
+    rows = []
+    for name in configs:
+        for batch in batches:
+            row = bench_case(name, batch, args.new_tokens, repeats, with_cb=not args.no_cb)
+            rows.append(row)
+            print(f"  done {name} batch {batch}: ours {row['ours']:.0f} tok/s, generate {row['generate']:.0f} tok/s",
+                  flush=True)
+    print()
+    print("| config | batch | new tokens | ours tok/s | generate tok/s | continuous batching tok/s | "
+          "ours / generate |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        cb = "not run" if "cb" not in r else ("fails" if r["cb"] is None else f"{r['cb']:.0f}")
+        print(f"| {r['config']} | {r['batch']} | {r['new_tokens']} | {r['ours']:.0f} | {r['generate']:.0f} | {cb} | "
+              f"{r['speedup']:.2f}x (paired {r['paired']:.2f}x) |")
+    errors = {r["cb_error"] for r in rows if r.get("cb_error")}
+    for e in errors:
+        print(f"continuous batching (transformers generate_batch) fails on DeepseekV3: {e}")
+    print()
+    for line in kv_bytes():
+        print(line)
+    head = next((r for r in rows if r["config"] == "tiny" and r["batch"] == 16), rows[0])
+    print(f"speedup_vs_generate={head['speedup']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
