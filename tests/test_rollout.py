@@ -158,7 +158,10 @@ def test_samples_share_one_prefill_and_are_seeded(tiny, monkeypatch):
 def test_small_max_batch_chunks_prompts(tiny):
     model, tok = tiny
     prompts = chat_ids(tok, PROMPTS)
+    # max_batch_size 2: one prompt per decode batch; prefill_budget 1: one prompt per prefill group
     chunked = RolloutEngine(model, tok, max_batch_size=2).generate(prompts, 8, temperature=0.0, num_samples=2)
+    one_by_one = RolloutEngine(model, tok, prefill_budget=1).generate(prompts, 8, temperature=0.0, num_samples=2)
+    assert [c.token_ids for c in one_by_one] == [c.token_ids for c in chunked]
     whole = RolloutEngine(model, tok).generate(prompts, 8, temperature=0.0, num_samples=2)
     assert [c.token_ids for c in chunked] == [c.token_ids for c in whole]
     assert [c.prompt_index for c in chunked] == [0, 0, 1, 1, 2, 2]

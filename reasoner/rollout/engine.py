@@ -84,7 +84,8 @@ class RolloutEngine:
     """
 
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 64, eos_token_ids=None,
-                 pad_token_id: int | None = None, compact: bool = True):
+                 pad_token_id: int | None = None, compact: bool = True,
+                 prefill_budget: int = 1 << 24):
         self.model = model
         self.tokenizer = tokenizer
         c = model.config
@@ -97,6 +98,7 @@ class RolloutEngine:
         self.interleave = bool(getattr(c, "rope_interleave", False))
         self.max_batch_size = max_batch_size
         self.compact = compact
+        self.prefill_budget = prefill_budget
         self.eos_token_ids = self._resolve_eos(eos_token_ids, tokenizer)
         if pad_token_id is None:
             pad_token_id = getattr(model.generation_config, "pad_token_id", None)
@@ -302,20 +304,29 @@ class RolloutEngine:
         ids = ids.to(dev)
         rep = torch.arange(Np, device=dev).repeat_interleave(G)  # cache row -> prompt
 
-        # ---- prefill (once per prompt), latent rows copied to each of its G samples
+        # ---- prefill (once per prompt), latent rows copied to each of its G samples. Prompts go through in
+        # groups small enough that the [prompts, P, heads, P] score tensor stays within prefill_budget elements.
         ar = torch.arange(P, device=dev)
-        pos = (ar[None] - pad[:, None]).clamp(min=0)
-        allowed = (ar[None, None, :] <= ar[None, :, None]) & (ar[None, None, :] >= pad[:, None, None])
-        allowed |= torch.eye(P, dtype=torch.bool, device=dev)[None]  # pad queries see themselves: no NaN rows
-        mask = torch.zeros(Np, P, 1, P, dtype=torch.float32, device=dev)
-        mask.masked_fill_(~allowed[:, :, None, :], float("-inf"))
+        causal = ar[None, :] <= ar[:, None]
+        eye = torch.eye(P, dtype=torch.bool, device=dev)  # pad queries see themselves: no all-masked rows
+        step = max(1, self.prefill_budget // (P * P * self.num_heads))
+        first_logits = []
+        for a in range(0, Np, step):
+            b = min(Np, a + step)
+            sub_pad = pad[a:b]
+            pos = (ar[None] - sub_pad[:, None]).clamp(min=0)
+            allowed = (causal[None] & (ar[None, None, :] >= sub_pad[:, None, None])) | eye[None]
+            mask = torch.zeros(b - a, P, 1, P, dtype=torch.float32, device=dev)
+            mask.masked_fill_(~allowed[:, :, None, :], float("-inf"))
+            sub_rep = torch.arange(b - a, device=dev).repeat_interleave(G)
 
-        def write_prefill(li, latent, k_rope):
-            rows = torch.cat((latent, k_rope), dim=-1)
-            cache[li, :B, :P] = rows[rep]
-            return rows
+            def write_prefill(li, latent, k_rope, _a=a, _b=b, _rep=sub_rep):
+                rows = torch.cat((latent, k_rope), dim=-1)
+                cache[li, _a * G:_b * G, :P] = rows[_rep]
+                return rows
 
-        logits = self._forward(ids, rot[pos], mask, write_prefill)[rep].float()
+            first_logits.append(self._forward(ids[a:b], rot[pos], mask, write_prefill))
+        logits = torch.cat(first_logits)[rep].float()
         self.stats["prefill_rows"] += Np
 
         # ---- decode
