@@ -57,9 +57,16 @@ def run_generate(model, tokenizer, prompts, new_tokens, seed):
 
 
 def run_continuous(model, prompts, new_tokens, seed):
+    from transformers import ContinuousBatchingConfig
+
+    # Size the paged cache for this request set: left to itself it claims most of the free memory.
+    page = 256
+    blocks = -(-len(prompts) * (max(map(len, prompts)) + new_tokens) // page) + 4
+    config = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=2048)
     torch.manual_seed(seed)
     with torch.no_grad():  # not inference_mode: its worker thread updates the paged cache in place
-        out = model.generate_batch(prompts, generation_config=sampling_config(model, new_tokens), progress_bar=False)
+        out = model.generate_batch(prompts, generation_config=sampling_config(model, new_tokens),
+                                   continuous_batching_config=config, progress_bar=False)
     lengths = [len(r.generated_tokens) for r in out.values()]
     if len(lengths) != len(prompts) or any(n != new_tokens for n in lengths):
         raise RuntimeError(f"continuous batching returned {len(lengths)} requests with lengths "
@@ -76,9 +83,15 @@ def continuous_batching_error(model, prompts) -> str | None:
         def emit(self, record):
             self.messages.append(record.getMessage())
 
+    try:  # the module adds its console handler on import; import it first so the swap below sticks
+        import transformers.generation.continuous_batching.utils  # noqa: F401
+    except ImportError as err:
+        return f"ImportError: {err}"
     cb_logger = logging.getLogger("ContinuousBatchingLogger")
     keep = Keep()
-    cb_logger.addHandler(keep)
+    # Keep the failure's message, without its traceback on the console (the generation thread may log after
+    # generate_batch has returned, so the console handler stays off for the rest of the run).
+    cb_logger.handlers[:] = [keep]
     cb_logger.propagate = False
     try:
         run_continuous(model, prompts[:2], 2, 0)
@@ -86,8 +99,7 @@ def continuous_batching_error(model, prompts) -> str | None:
     except Exception as err:  # noqa: BLE001 - reported in the table
         cause = next((m for m in keep.messages if "Error" in m), str(err))
         return f"{type(err).__name__}: {cause.splitlines()[-1][:220]}"
-    finally:
-        cb_logger.removeHandler(keep)
+
 
 
 def timed(fn) -> float:
