@@ -64,7 +64,7 @@ def _fwd_kernel(Q, K, V, M, O, LSE,
                 CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
-    b, h = tl.program_id(1) // H, tl.program_id(1) % H
+    b, h = (tl.program_id(1) // H).to(tl.int64), tl.program_id(1) % H  # b * stride may pass 2**31
     hk = h // GROUP
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -125,7 +125,7 @@ def _bwd_dkdv_kernel(Q, K, V, M, DO, LSE, DELTA, DK, DV_,
     """One key block of one key/value head; loops over the query heads of its group and their query blocks."""
     start_n = tl.program_id(0) * BLOCK_N
     hkv_count = H // GROUP
-    b, hk = tl.program_id(1) // hkv_count, tl.program_id(1) % hkv_count
+    b, hk = (tl.program_id(1) // hkv_count).to(tl.int64), tl.program_id(1) % hkv_count
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     d0 = tl.arange(0, D0)
@@ -193,7 +193,7 @@ def _bwd_dq_kernel(Q, K, V, M, DO, LSE, DELTA, DQ,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One query block of one head; loops over key blocks (a separate pass keeps dq free of atomics)."""
     start_m = tl.program_id(0) * BLOCK_M
-    b, h = tl.program_id(1) // H, tl.program_id(1) % H
+    b, h = (tl.program_id(1) // H).to(tl.int64), tl.program_id(1) % H  # b * stride may pass 2**31
     hk = h // GROUP
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)

@@ -26,11 +26,15 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "o
 
 def _configs(sizes):
     if _INTERPRET:
-        return [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32})]
+        return [triton.Config({"BLOCK_N": DOWN_BWD_N, "BLOCK_K": 32})]
     return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s) for n, k, w, s in sizes]
 
 
+# The down backward writes one routing-grad partial per BLOCK_N tile, summed afterwards: its BLOCK_N is fixed
+# so that every autotuning trial writes the same tiles (a smaller trial's extra tiles would be summed too).
+DOWN_BWD_N = 32 if _INTERPRET else 64
 _GEMM = [(128, 64, 4, 4), (128, 64, 8, 3), (64, 64, 4, 4), (128, 128, 8, 3)]
+_DOWN_BWD = [(DOWN_BWD_N, k, w, s) for k, w, s in ((64, 4, 4), (128, 4, 3), (64, 8, 3))]
 _KEY = ["N", "K", "BLOCK_M"]
 
 
@@ -40,7 +44,7 @@ def _gate_up_kernel(X, W, PAIR, BLOCK_EXPERT, H, GU, sxm, swe, swn, swk, S, TOPK
                     SAVE_GU: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """h[row] = silu(x[tok] @ gate[e]^T) * (x[tok] @ up[e]^T) for one row block of expert e; N = I, K = D."""
-    e = tl.load(BLOCK_EXPERT + tl.program_id(0))
+    e = tl.load(BLOCK_EXPERT + tl.program_id(0)).to(tl.int64)  # e * (2I * D) passes 2**31 for V3
     if e < 0:  # a block past the last expert's padded run
         return
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # R * 2I may pass 2**31
@@ -78,7 +82,7 @@ def _scatter_gemm_kernel(A, W, PAIR, BLOCK_EXPERT, SCALE, OUT, swe, swk, swn, S,
 
     Forward down projection (a = h, W = down^T, scale = routing weight) and backward dx (a = d(gate,up), W = gate_up).
     """
-    e = tl.load(BLOCK_EXPERT + tl.program_id(0))
+    e = tl.load(BLOCK_EXPERT + tl.program_id(0)).to(tl.int64)  # e * (2I * D) passes 2**31 for V3
     if e < 0:
         return
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # R * 2I may pass 2**31
@@ -100,12 +104,12 @@ def _scatter_gemm_kernel(A, W, PAIR, BLOCK_EXPERT, SCALE, OUT, swe, swk, swn, S,
              mask=valid[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=_configs(_GEMM), key=_KEY)
+@triton.autotune(configs=_configs(_DOWN_BWD), key=_KEY)
 @triton.jit
 def _down_bwd_kernel(DY, W, PAIR, BLOCK_EXPERT, SCALE, GU, DGU, DW_PART, swe, swk, swn, R, S, TOPK, N, K,
                      PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """g = dy[tok] @ down[e] (N = I, K = D); epilogue: routing-weight grad partial <h, g> and SwiGLU backward."""
-    e = tl.load(BLOCK_EXPERT + tl.program_id(0))
+    e = tl.load(BLOCK_EXPERT + tl.program_id(0)).to(tl.int64)  # e * (2I * D) passes 2**31 for V3
     if e < 0:
         return
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # R * 2I may pass 2**31
@@ -141,7 +145,7 @@ def _wgrad_kernel(A, B, PAIR, EXPERT_START, SCALE, DW, sam, sbm, sde, sdn, sdk, 
                   A_GATHER: tl.constexpr, B_GATHER: tl.constexpr, HAS_SCALE: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dW[e] (N, K) = sum over expert e's rows of (scale * a[row])^T b[row]; a row is a token row when gathered."""
-    e = tl.program_id(0)
+    e = tl.program_id(0).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
     n_ok, k_ok = offs_n < N, offs_k < K
@@ -235,9 +239,8 @@ class _FusedExperts(torch.autograd.Function):
         common = dict(PRECISION=prec, BLOCK_M=bm)
 
         dgu = torch.empty_like(gu)
-        n_tiles = triton.cdiv(inter, 16)  # upper bound on BLOCK_N tiles; unused tiles are zero
-        dw_part = x.new_zeros(n_tiles, rows, dtype=torch.float32)
-        _down_bwd_kernel[lambda m: (blocks, triton.cdiv(inter, m["BLOCK_N"]))](
+        dw_part = x.new_empty(triton.cdiv(inter, DOWN_BWD_N), rows, dtype=torch.float32)
+        _down_bwd_kernel[(blocks, triton.cdiv(inter, DOWN_BWD_N))](
             dy, w2, pair_of_row, block_expert, weights, gu, dgu, dw_part, w2.stride(0), w2.stride(1), w2.stride(2),
             rows, pairs, topk, inter, hidden, **common)
 
