@@ -37,12 +37,15 @@ def triton_available(tensor: torch.Tensor) -> bool:
 def attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                       **kwargs):
     """AttentionInterface entry: (B, H, S, D) in, (B, S, H, Dv) out, like sdpa_attention_forward."""
-    unsupported = dropout > 0 or kwargs.get("cache") is not None \
-        or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None \
+    if kwargs.get("cache") is not None:
+        # continuous batching sees "flash" in the name and packs sequences without a mask (varlen style);
+        # sdpa would then attend across sequences, so refuse rather than be silently wrong
+        raise NotImplementedError("reasoner_flash does not support continuous batching (paged cache); use sdpa")
+    unsupported = dropout > 0 or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None \
         or (attention_mask is not None and attention_mask.dtype != torch.bool)
     if unsupported and triton_available(query):
-        _warn_once("features", "reasoner_flash: dropout, paged cache, position bias, softcap or a float mask "
-                               "requested; those calls use sdpa")
+        _warn_once("features", "reasoner_flash: dropout, position bias, softcap or a float mask requested; "
+                               "those calls use sdpa")
     if unsupported or not triton_available(query):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
