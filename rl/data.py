@@ -24,10 +24,19 @@ def render_prompt(question: str, tokenizer, style: str = "plain") -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def sft_dataset(problems: list[Problem], tokenizer, style: str = "plain") -> Dataset:
+def sft_dataset(problems: list[Problem], tokenizer, style: str = "plain", extra_rows: list[dict] = ()) -> Dataset:
     rows = [{"prompt": render_prompt(p.question, tokenizer, style),
              "completion": p.target() + tokenizer.eos_token} for p in problems]
-    return Dataset.from_list(rows)
+    return Dataset.from_list(rows + list(extra_rows)).shuffle(seed=0)
+
+
+def plan_rows(problems: list[Problem], tokenizer) -> list[dict]:
+    """SFT rows that teach the pipeline's planner to decompose a problem into JSON sub-problems."""
+    from reasoner.pipeline.plans import arithmetic_plan_examples
+
+    return [{"prompt": tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+             "completion": target + tokenizer.eos_token}
+            for messages, target in arithmetic_plan_examples(problems)]
 
 
 def grpo_dataset(problems: list[Problem], tokenizer, style: str = "plain") -> Dataset:

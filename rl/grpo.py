@@ -73,6 +73,10 @@ def run_grpo(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cp
              rollout_sink: RolloutSink | None = None, rollout_func=None, callbacks=()):
     stage = recipe.grpo
     rewards = build_rewards(stage.rewards, stage.max_completion_length, stage.overlong_buffer)
+    if rollout_func is None and stage.fast_rollout and not stage.use_vllm:
+        from reasoner.rollout.hooks import make_rollout_func
+
+        rollout_func = make_rollout_func(max_batch_size=stage.prompts_per_step * stage.num_generations)
     trainer = RecordingGRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(recipe, output_dir, use_cpu),
         train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout_func,

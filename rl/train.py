@@ -14,7 +14,7 @@ import torch
 from transformers import set_seed
 
 from reasoner.model import is_checkpoint, load_model, save_checkpoint
-from reasoner.rl.data import grpo_dataset, sft_dataset
+from reasoner.rl.data import grpo_dataset, plan_rows, sft_dataset
 from reasoner.rl.plots import plot_training
 from reasoner.rl.recipe import Recipe
 from reasoner.tasks import Problem, get_task
@@ -76,8 +76,11 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
     if stage == "sft":
         from reasoner.rl.sft import run_sft
 
-        problems = training_problems(recipe, recipe.task.train_levels, recipe.task.per_level * len(recipe.task.train_levels))
-        return run_sft(recipe, model, tokenizer, sft_dataset(problems, tokenizer, style), output_dir, use_cpu)
+        levels = recipe.task.train_levels
+        problems = training_problems(recipe, levels, recipe.task.per_level * len(levels))
+        plans = training_problems(recipe, recipe.sft.plan_levels, recipe.sft.plan_per_level * len(recipe.sft.plan_levels))
+        dataset = sft_dataset(problems, tokenizer, style, plan_rows(plans, tokenizer) if plans else ())
+        return run_sft(recipe, model, tokenizer, dataset, output_dir, use_cpu)
     from reasoner.rl.grpo import run_grpo, trace_sink
 
     problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)

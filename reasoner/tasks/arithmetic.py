@@ -24,11 +24,11 @@ LEVELS = {
     1: Level(terms=2, max_operand=9, ops="+-"),
     2: Level(terms=3, max_operand=9, ops="+-"),
     3: Level(terms=4, max_operand=9, ops="+-"),
-    4: Level(terms=4, max_operand=19, ops="+-*"),
-    5: Level(terms=5, max_operand=19, ops="+-*"),
-    6: Level(terms=6, max_operand=19, ops="+-*"),
-    7: Level(terms=7, max_operand=19, ops="+-*"),
-    8: Level(terms=8, max_operand=19, ops="+-*"),
+    4: Level(terms=5, max_operand=9, ops="+-"),
+    5: Level(terms=6, max_operand=9, ops="+-"),
+    6: Level(terms=8, max_operand=9, ops="+-"),
+    7: Level(terms=5, max_operand=9, ops="+-*"),
+    8: Level(terms=8, max_operand=9, ops="+-*"),
 }
 MAX_FACTOR = 9  # keeps products small: a multiplication always has a one-digit side
 
