@@ -59,13 +59,17 @@ def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe
         model, tokenizer = load_model(start)
         log(f"[{stage}] training from {start}")
         trainer = _run_stage(stage, recipe, model, tokenizer, out / stage)
-        save_checkpoint(model, tokenizer, final, {"stage": stage, "recipe": recipe.to_dict(),
-                                                  "started_from": str(start)})
-        plot = plot_training(trainer.state.log_history, out / stage / "training.png", f"{recipe.name}: {stage}")
-        if plot:
-            result.plots[stage] = plot
-            (final / "training.png").write_bytes(plot.read_bytes())
-        log(f"[{stage}] saved {final}")
+        # Under `accelerate launch` every rank gets here with the same weights: one writes, all wait for it
+        # (the next stage loads `final` on every rank).
+        if trainer.accelerator.is_main_process:
+            save_checkpoint(model, tokenizer, final,
+                            {"stage": stage, "recipe": recipe.to_dict(), "started_from": str(start)})
+            plot = plot_training(trainer.state.log_history, out / stage / "training.png", f"{recipe.name}: {stage}")
+            if plot:
+                result.plots[stage] = plot
+                (final / "training.png").write_bytes(plot.read_bytes())
+            log(f"[{stage}] saved {final}")
+        trainer.accelerator.wait_for_everyone()
     result.checkpoints[stage] = final
     return final
 
