@@ -1,22 +1,20 @@
-"""Tasks: generated (arithmetic, countdown, code) and real (GSM8K, MATH-500, HumanEval), one interface."""
+"""Tasks: generated (arithmetic, countdown, code) and real (GSM8K, MATH-500, HumanEval), one interface.
+
+Every task has `name`, `levels` and `problems(split, n, level=None, seed=0) -> list[Problem]`, plus
+`prompt_style` and `max_new_tokens`, the defaults `reasoner eval` uses for it.
+"""
 from __future__ import annotations
 
 from reasoner.errors import ReasonerError
 from reasoner.tasks.base import SPLITS, Problem, Task, split_of
+from reasoner.tasks.grading import grade_completion
+from reasoner.tasks.registry import TASKS
 
 
 def get_task(name: str) -> Task:
-    from reasoner.tasks.arithmetic import ArithmeticTask
-
-    tasks = {"arithmetic": ArithmeticTask}
-    try:
-        extra = __import__("reasoner.tasks.registry", fromlist=["TASKS"]).TASKS
-        tasks.update(extra)
-    except ImportError:
-        pass
-    if name not in tasks:
-        raise ReasonerError(f"unknown task '{name}'; available: {', '.join(sorted(tasks))}")
-    return tasks[name]()
+    if name not in TASKS:
+        raise ReasonerError(f"unknown task '{name}'; available: {', '.join(sorted(TASKS))}")
+    return TASKS[name]()
 
 
-__all__ = ["SPLITS", "Problem", "Task", "get_task", "split_of"]
+__all__ = ["SPLITS", "TASKS", "Problem", "Task", "get_task", "grade_completion", "split_of"]

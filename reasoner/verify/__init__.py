@@ -5,6 +5,7 @@ Code: run_python, run_many, ExecResult (sandbox.py); extract_code, check_code, c
 """
 from reasoner.verify.answers import answers_equal, check_answer, extract_answer
 from reasoner.verify.code import check_code, check_code_many, extract_code
+from reasoner.verify.countdown import check_countdown, countdown_correct
 from reasoner.verify.sandbox import ExecResult, run_many, run_python
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "check_answer",
     "check_code",
     "check_code_many",
+    "check_countdown",
+    "countdown_correct",
     "extract_answer",
     "extract_code",
     "run_many",
