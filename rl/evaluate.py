@@ -10,7 +10,8 @@ from pathlib import Path
 from reasoner.generation import sample
 from reasoner.rl.data import render_prompt
 from reasoner.tasks.base import Problem
-from reasoner.verify import answers_equal, check_answer, check_code, extract_answer
+from reasoner.tasks.grading import checked_as_solution, grade_completion
+from reasoner.verify import answers_equal, extract_answer
 
 
 @dataclass
@@ -24,14 +25,12 @@ class Metric:
 
 
 def grade(problem: Problem, completion: str) -> bool:
-    if problem.tests:
-        return check_code(completion, problem.tests, problem.entry_point) == 1.0
-    return check_answer(completion, problem.answer)
+    return grade_completion(problem.task, completion, problem.answer, problem.tests, problem.entry_point) == 1.0
 
 
 def majority_correct(problem: Problem, completions: list[str], correct: list[bool]) -> bool:
-    """Vote over extracted answers, grouping equivalent ones; code: any passing program wins the vote."""
-    if problem.tests:
+    """Vote over extracted answers, grouping equivalent ones; code, countdown: any passing solution wins."""
+    if checked_as_solution(problem.task, problem.tests):
         return any(correct)
     groups: list[tuple[str, int, bool]] = []  # (representative answer, votes, correct)
     for completion, ok in zip(completions, correct):

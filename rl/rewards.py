@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from reasoner.verify import check_answer, check_code
+from reasoner.tasks.grading import grade_completion
+from reasoner.verify import check_code
 
 # One <think> block, then one <answer> block, nothing else around them.
 FORMAT = re.compile(r"^\s*<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>|</answer>).)*</answer>\s*$",
@@ -24,7 +25,7 @@ def completion_text(completion) -> str:
 
 def accuracy_reward(prompts, completions, answer, task=None, **_) -> list[float | None]:
     tasks = task or [None] * len(completions)
-    return [None if t == "code" else float(check_answer(completion_text(c), gold))
+    return [None if t == "code" else grade_completion(t, completion_text(c), gold)
             for c, gold, t in zip(completions, answer, tasks)]
 
 
