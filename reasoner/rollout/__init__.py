@@ -1,10 +1,18 @@
 """reasoner.rollout: fast batched rollouts (absorbed MLA over a compressed latent cache) for GRPO and serving.
 
-    from reasoner.rollout import RolloutEngine
-    engine = RolloutEngine(model, tokenizer)
-    completions = engine.generate(prompt_ids, max_new_tokens=256, temperature=1.0, num_samples=8)
+    from reasoner.rollout import RolloutEngine, make_rollout_func
+
+    engine = RolloutEngine(model, tokenizer)              # reads the model's weights in place
+    completions = engine.generate(prompt_ids, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
+                                  seed=0, stop_strings=("</answer>",), num_samples=8)
+    # -> [Completion(prompt_index, sample_index, prompt_ids, token_ids, text, finish_reason, logprobs)], prompt-major
+
+    trainer = GRPOTrainer(..., rollout_func=make_rollout_func())   # TRL's hook; no vLLM needed
+
+One engine is not thread-safe (one static cache): callers that share it take a lock, as the pipeline does.
 """
 from reasoner.rollout.engine import Completion, RolloutEngine
+from reasoner.rollout.hooks import generate_grouped, make_rollout_func
 from reasoner.rollout.sampling import SamplingParams
 
-__all__ = ["Completion", "RolloutEngine", "SamplingParams"]
+__all__ = ["Completion", "RolloutEngine", "SamplingParams", "generate_grouped", "make_rollout_func"]

@@ -48,6 +48,7 @@ class Completion:
     text: str  # decoded completion (special tokens skipped); ends with the stop string when one fired
     finish_reason: str  # "eos" | "stop" | "length"
     logprobs: list[float] = field(default_factory=list)  # of each token under the sampling distribution
+    logits: torch.Tensor | None = None  # [len(token_ids), vocab] raw logits, only with return_logits=True
 
 
 class _Layer:
