@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from reasoner.errors import ReasonerError
@@ -22,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Nothing is downloaded at run time: checkpoints are local paths, hub downloads included.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # our rollout engine enters through rollout_func
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
