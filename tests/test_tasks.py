@@ -51,7 +51,7 @@ def test_every_countdown_problem_is_solvable_by_its_reference():
         for p in task.problems("train", 200, level=level) + task.problems("heldout", 20, level=level):
             assert countdown_correct(p.answer, p.meta["numbers"], p.meta["target"]), p
             assert grade(p, p.target())
-            assert p.trace.endswith(" yes") and str(p.meta["target"]) in p.question
+            assert p.trace.endswith(f" yes: {p.answer}") and str(p.meta["target"]) in p.question
 
 
 COUNTDOWN_WRONG = [

@@ -8,7 +8,8 @@ expression scores the same.
 
 The question lists the numbers sorted, so one multiset of numbers with one target is one question,
 whatever order it was drawn in, and train/held-out (split by question text) never share a problem.
-The trace is a short search: sometimes a failed attempt, then the steps that reach the target.
+The trace is a short search: sometimes a failed attempt, then the steps that reach the target and
+the expression they make, e.g. `9+3=12, 12*2=24 no\n9*2=18, 18+3=21 yes: 9*2+3`.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def make_problem(numbers: list[int], solution: Node, steps: list[str], failed: l
     shown = sorted(numbers)
     question = (f"Using the numbers {shown}, make {solution.value}. "
                 "Use + - * / and each number exactly once.")
-    attempts = ([", ".join(failed) + " no"] if failed else []) + [", ".join(steps) + " yes"]
+    attempts = ([", ".join(failed) + " no"] if failed else []) + [", ".join(steps) + f" yes: {solution.text}"]
     return Problem(id=f"countdown-{'-'.join(map(str, shown))}-{solution.value}", question=question,
                    answer=solution.text, task="countdown", level=level, trace="\n".join(attempts),
                    meta={"numbers": shown, "target": solution.value})
