@@ -15,7 +15,15 @@ def test_grpo_step_with_rollout_func(tmp_path, monkeypatch):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        _run(tmp_path, monkeypatch, GRPOConfig, GRPOTrainer, Dataset)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(tmp_path, monkeypatch, GRPOConfig, GRPOTrainer, Dataset):
     model, tok = load_model("tiny")
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": f"What is {i}+{i}?"}]} for i in range(4)])
     seen = []
