@@ -29,7 +29,7 @@ def run_demo(overrides: list[str] = (), pipeline_problems: int = 200, pipeline_l
     console.rule("[bold]1. training: cold-start SFT, then GRPO")
     from reasoner.rl.train import train
 
-    result = train(recipe, log=console.print)
+    result = train(recipe, log=lambda text: console.print(text, markup=False, soft_wrap=True))
 
     console.rule("[bold]2. held-out evaluation")
     from reasoner.rl.report import evaluate_checkpoints

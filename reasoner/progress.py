@@ -12,3 +12,17 @@ def progress(items: Iterable[T], description: str | None, total: int | None = No
     from rich.progress import track
 
     return track(items, description=description, total=total, transient=False)
+
+
+def quiet_libraries() -> None:
+    """Keep our own progress bars; drop the per-file bars and warnings libraries print on every load/save."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*experimental.*")

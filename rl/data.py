@@ -7,7 +7,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from reasoner.config import PACKAGE_ROOT
-from reasoner.tasks.base import Problem
+from reasoner.tasks.base import Problem, split_of
 
 PROMPT_STYLES = ("plain", "r1")
 
@@ -24,10 +24,20 @@ def render_prompt(question: str, tokenizer, style: str = "plain") -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def sft_dataset(problems: list[Problem], tokenizer, style: str = "plain", extra_rows: list[dict] = ()) -> Dataset:
+def sft_dataset(problems: list[Problem], tokenizer, style: str = "plain", extra_rows: list[dict] = (),
+                direct_fraction: float = 0.0) -> Dataset:
+    """Prompt/completion rows. A `direct_fraction` of problems (chosen by id, so reproducibly) answer with an
+    empty `<think></think>`: cold-start data, like real data, mixes short and worked answers, and GRPO
+    then learns from reward alone which of the two pays on harder problems."""
     rows = [{"prompt": render_prompt(p.question, tokenizer, style),
-             "completion": p.target() + tokenizer.eos_token} for p in problems]
+             "completion": _cold_start_target(p, direct_fraction) + tokenizer.eos_token} for p in problems]
     return Dataset.from_list(rows + list(extra_rows)).shuffle(seed=0)
+
+
+def _cold_start_target(problem: Problem, direct_fraction: float) -> str:
+    if direct_fraction and split_of(problem.id, heldout_percent=round(100 * direct_fraction)) == "heldout":
+        return f"<think></think><answer>{problem.answer}</answer>"
+    return problem.target()
 
 
 def plan_rows(problems: list[Problem], tokenizer) -> list[dict]:

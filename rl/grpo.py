@@ -8,6 +8,7 @@ from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from reasoner.rl.balance import ExpertLoadBalancer
+from reasoner.rl.progress import use_compact_progress
 from reasoner.rl.checkpoints import MarkCompleteCheckpoints, latest_complete_checkpoint
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.rewards import build_rewards
@@ -65,7 +66,7 @@ def grpo_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> GRPOConfig:
         scale_rewards=stage.scale_rewards, reward_weights=weights, mask_truncated_completions=False,
         seed=recipe.seed, logging_steps=1, save_steps=stage.save_steps, save_total_limit=2,
         report_to=[], use_cpu=use_cpu, bf16=False, dataloader_num_workers=0, use_vllm=stage.use_vllm,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=5, disable_tqdm=False, gradient_checkpointing=False,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=5, disable_tqdm=False, activation_checkpointing=False,
     )
 
 
@@ -84,6 +85,7 @@ def run_grpo(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cp
     )
     balancer = ExpertLoadBalancer(trainer.model, recipe.balance.gamma)
     trainer.add_callback(balancer)
+    use_compact_progress(trainer, "grpo")
     trainer.train(resume_from_checkpoint=latest_complete_checkpoint(output_dir))
     trainer.balancer = balancer
     return trainer

@@ -38,6 +38,7 @@ class SFTStage:
     learning_rate: float = _f(3e-3, exclusiveMinimum=0)
     warmup_steps: int = _f(20, minimum=0)
     max_length: int = _f(128, minimum=8)
+    direct_fraction: float = _f(0.0, minimum=0, maximum=1)  # answers with an empty <think> (see rl/data.py)
     plan_levels: list[int] = _f([])                # also teach the pipeline's planner on these levels
     plan_per_level: int = _f(2000, minimum=1)
 

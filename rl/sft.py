@@ -6,6 +6,7 @@ from pathlib import Path
 from trl import SFTConfig, SFTTrainer
 
 from reasoner.rl.balance import ExpertLoadBalancer
+from reasoner.rl.progress import use_compact_progress
 from reasoner.rl.checkpoints import MarkCompleteCheckpoints, latest_complete_checkpoint
 from reasoner.rl.recipe import Recipe
 
@@ -17,7 +18,7 @@ def sft_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> SFTConfig:
         learning_rate=stage.learning_rate, lr_scheduler_type="cosine", warmup_steps=stage.warmup_steps,
         max_length=stage.max_length, seed=recipe.seed, logging_steps=10, save_steps=max(1, stage.max_steps // 4),
         save_total_limit=2, report_to=[], use_cpu=use_cpu, bf16=False, dataloader_num_workers=0,
-        completion_only_loss=True, disable_tqdm=False, gradient_checkpointing=False,
+        completion_only_loss=True, disable_tqdm=False, activation_checkpointing=False,
     )
 
 
@@ -27,6 +28,7 @@ def run_sft(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cpu
                          processing_class=tokenizer, callbacks=[MarkCompleteCheckpoints(), *callbacks])
     balancer = ExpertLoadBalancer(trainer.model, recipe.balance.gamma)
     trainer.add_callback(balancer)
+    use_compact_progress(trainer, "sft")
     trainer.train(resume_from_checkpoint=latest_complete_checkpoint(output_dir))
     trainer.balancer = balancer
     return trainer

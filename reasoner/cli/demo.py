@@ -18,6 +18,8 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from reasoner.demo import run_demo
+    from reasoner.progress import quiet_libraries
 
+    quiet_libraries()
     run_demo(args.overrides, args.pipeline_problems, args.pipeline_level)
     return 0
