@@ -42,8 +42,8 @@ def run_demo(overrides: list[str] = (), pipeline_problems: int = 200, pipeline_l
     console.rule("[bold]3. direct answering vs the pipeline")
     from reasoner.pipeline.evaluate import compare
 
-    summary.update(compare(str(final), n=pipeline_problems, level=pipeline_level, k=4, ablation=False,
-                           workdir=out))
+    # Pipeline runs go to the default stores (runs/traces.db) beside the training rollouts.
+    summary.update(compare(str(final), n=pipeline_problems, level=pipeline_level, k=4, ablation=False))
 
     console.rule("[bold]4. the Python API")
     summary["api_example"] = api_example(final, console)

@@ -21,8 +21,11 @@ def quiet_libraries() -> None:
     import datasets
     import transformers
 
+    import os
+
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:  # a user who asks for the library's logs gets them
+        transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*experimental.*")

@@ -7,9 +7,8 @@ from typing import Callable
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
-from reasoner.rl.balance import ExpertLoadBalancer
-from reasoner.rl.progress import use_compact_progress
-from reasoner.rl.checkpoints import MarkCompleteCheckpoints, latest_complete_checkpoint
+from reasoner.rl.checkpoints import MarkCompleteCheckpoints
+from reasoner.rl.fit import fit
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.rewards import build_rewards
 
@@ -83,12 +82,7 @@ def run_grpo(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cp
         train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout_func,
         callbacks=[MarkCompleteCheckpoints(), *callbacks], rollout_sink=rollout_sink,
     )
-    balancer = ExpertLoadBalancer(trainer.model, recipe.balance.gamma)
-    trainer.add_callback(balancer)
-    use_compact_progress(trainer, "grpo")
-    trainer.train(resume_from_checkpoint=latest_complete_checkpoint(output_dir))
-    trainer.balancer = balancer
-    return trainer
+    return fit(trainer, recipe.balance.gamma, output_dir, "grpo")
 
 
 def trace_sink(task: str, model: str, store_path: str | Path | None = None) -> RolloutSink:

@@ -5,9 +5,8 @@ from pathlib import Path
 
 from trl import SFTConfig, SFTTrainer
 
-from reasoner.rl.balance import ExpertLoadBalancer
-from reasoner.rl.progress import use_compact_progress
-from reasoner.rl.checkpoints import MarkCompleteCheckpoints, latest_complete_checkpoint
+from reasoner.rl.checkpoints import MarkCompleteCheckpoints
+from reasoner.rl.fit import fit
 from reasoner.rl.recipe import Recipe
 
 
@@ -26,9 +25,4 @@ def run_sft(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cpu
     """Train in place; resumes from the newest complete checkpoint under output_dir. Returns the trainer."""
     trainer = SFTTrainer(model=model, args=sft_config(recipe, output_dir, use_cpu), train_dataset=dataset,
                          processing_class=tokenizer, callbacks=[MarkCompleteCheckpoints(), *callbacks])
-    balancer = ExpertLoadBalancer(trainer.model, recipe.balance.gamma)
-    trainer.add_callback(balancer)
-    use_compact_progress(trainer, "sft")
-    trainer.train(resume_from_checkpoint=latest_complete_checkpoint(output_dir))
-    trainer.balancer = balancer
-    return trainer
+    return fit(trainer, recipe.balance.gamma, output_dir, "sft")

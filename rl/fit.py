@@ -1,0 +1,18 @@
+"""What every training stage shares: load balancing, a compact progress bar, resuming, training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from reasoner.rl.balance import ExpertLoadBalancer
+from reasoner.rl.checkpoints import latest_complete_checkpoint
+from reasoner.rl.progress import use_compact_progress
+
+
+def fit(trainer, gamma: float, output_dir: Path, stage: str):
+    """Train from the newest complete checkpoint under output_dir (if any); returns the trainer."""
+    balancer = ExpertLoadBalancer(trainer.model, gamma)
+    trainer.add_callback(balancer)
+    use_compact_progress(trainer, stage)
+    trainer.train(resume_from_checkpoint=latest_complete_checkpoint(output_dir))
+    trainer.balancer = balancer
+    return trainer
