@@ -18,8 +18,7 @@ def sft_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> SFTConfig:
         max_length=stage.max_length, seed=recipe.seed, logging_steps=10, save_steps=max(1, stage.max_steps // 4),
         save_total_limit=2, report_to=[], use_cpu=use_cpu, bf16=False, dataloader_num_workers=0,
         completion_only_loss=True, disable_tqdm=False,
-        # Batches of similar lengths: planner rows are 3-4x longer than arithmetic ones, padding would dominate.
-        train_sampling_strategy="group_by_length", activation_checkpointing=False,
+        activation_checkpointing=False,
     )
 
 
