@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterator
 
-from reasoner.tasks.base import Problem, check_split, take_unique
+from reasoner.tasks.base import GeneratedTask, Problem
 
 
 @dataclass(frozen=True)
@@ -68,16 +67,9 @@ def random_tokens(rng: random.Random, spec: Level) -> list[str]:
     return tokens
 
 
-class ArithmeticTask:
+class ArithmeticTask(GeneratedTask):
     name = "arithmetic"
     levels = tuple(LEVELS)
 
-    def problems(self, split: str, n: int, level: int | None = None, seed: int = 0) -> list[Problem]:
-        check_split(split)
-        return take_unique(self._generate(level, seed), split, n, max_tries=200 * n + 1000)
-
-    def _generate(self, level: int | None, seed: int) -> Iterator[Problem]:
-        rng = random.Random(f"arithmetic-{level}-{seed}")
-        while True:
-            lvl = level if level is not None else rng.choice(self.levels)
-            yield make_problem(random_tokens(rng, LEVELS[lvl]), lvl)
+    def make(self, rng: random.Random, level: int) -> Problem:
+        return make_problem(random_tokens(rng, LEVELS[level]), level)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Protocol
 
@@ -62,3 +63,28 @@ def take_unique(candidates: Iterator[Problem], split: str, n: int, max_tries: in
         seen.add(problem.question)
         out.append(problem)
     return out
+
+
+class GeneratedTask:
+    """A seeded generator of problems: subclasses give `name`, `levels` and `make(rng, level)`.
+
+    `make` returns None for a draw it rejects (e.g. an unsolvable countdown); the draw is simply repeated.
+    The generator is a pure function of (name, level, seed), so the same call gives the same problems.
+    """
+
+    name: str
+    levels: tuple[int, ...]
+
+    def make(self, rng, level: int) -> Problem | None:
+        raise NotImplementedError
+
+    def problems(self, split: str, n: int, level: int | None = None, seed: int = 0) -> list[Problem]:
+        check_split(split)
+        return take_unique(self._generate(level, seed), split, n, max_tries=200 * n + 1000)
+
+    def _generate(self, level: int | None, seed: int) -> Iterator[Problem]:
+        rng = random.Random(f"{self.name}-{level}-{seed}")
+        while True:
+            problem = self.make(rng, level if level is not None else rng.choice(self.levels))
+            if problem is not None:
+                yield problem

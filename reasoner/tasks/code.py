@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
-from reasoner.tasks.base import Problem, check_split, take_unique
+from reasoner.tasks.base import GeneratedTask, Problem
 
 
 MAX_ITEM = 19  # list items are 0..MAX_ITEM
@@ -111,7 +111,7 @@ def make_problem(spec: Spec, level: int) -> Problem:
                    level=level, trace=spec.plan, tests=tests, entry_point="f")
 
 
-class CodeTask:
+class CodeTask(GeneratedTask):
     """Generated function-writing problems; the answer is a program graded by `tests` in the sandbox."""
 
     name = "code"
@@ -119,12 +119,5 @@ class CodeTask:
     prompt_style = "plain"
     max_new_tokens = 192
 
-    def problems(self, split: str, n: int, level: int | None = None, seed: int = 0) -> list[Problem]:
-        check_split(split)
-        return take_unique(self._generate(level, seed), split, n, max_tries=200 * n + 1000)
-
-    def _generate(self, level: int | None, seed: int) -> Iterator[Problem]:
-        rng = random.Random(f"code-{level}-{seed}")
-        while True:
-            lvl = level if level is not None else rng.choice(self.levels)
-            yield make_problem(make_spec(rng, lvl), lvl)
+    def make(self, rng: random.Random, level: int) -> Problem:
+        return make_problem(make_spec(rng, level), level)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterator
 
-from reasoner.tasks.base import Problem, check_split, take_unique
+from reasoner.tasks.base import GeneratedTask, Problem
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ def make_problem(numbers: list[int], solution: Node, steps: list[str], failed: l
                    meta={"numbers": shown, "target": solution.value})
 
 
-class CountdownTask:
+class CountdownTask(GeneratedTask):
     """Generated countdown problems; levels grow the count and size of the numbers."""
 
     name = "countdown"
@@ -92,21 +91,14 @@ class CountdownTask:
     prompt_style = "plain"
     max_new_tokens = 128
 
-    def problems(self, split: str, n: int, level: int | None = None, seed: int = 0) -> list[Problem]:
-        check_split(split)
-        return take_unique(self._generate(level, seed), split, n, max_tries=200 * n + 1000)
-
-    def _generate(self, level: int | None, seed: int) -> Iterator[Problem]:
-        rng = random.Random(f"countdown-{level}-{seed}")
-        while True:
-            lvl = level if level is not None else rng.choice(self.levels)
-            spec = LEVELS[lvl]
-            numbers = [rng.randint(1, spec.max_number) for _ in range(spec.count)]
-            found = random_solution(rng, numbers)
-            if found is None or found[0].value > spec.max_target:
-                continue
-            solution, steps = found
-            yield make_problem(numbers, solution, steps, self._failed_attempt(rng, numbers, solution.value), lvl)
+    def make(self, rng: random.Random, level: int) -> Problem | None:
+        spec = LEVELS[level]
+        numbers = [rng.randint(1, spec.max_number) for _ in range(spec.count)]
+        found = random_solution(rng, numbers)
+        if found is None or found[0].value > spec.max_target:
+            return None
+        solution, steps = found
+        return make_problem(numbers, solution, steps, self._failed_attempt(rng, numbers, solution.value), level)
 
     @staticmethod
     def _failed_attempt(rng: random.Random, numbers: list[int], target: int) -> list[str] | None:
