@@ -33,8 +33,8 @@ def test_real_model_runs_through_the_whole_graph(reasoner, tmp_path):
     with TraceStore.open(tmp_path / "t.db") as store:
         trace = store.get(solution.trace_id)
     calls = trace.model_calls()
-    assert calls[0].prompt == "<|user|>plan:3+4*2<|assistant|>"
-    assert calls[0].prompt_tokens == len("plan:3+4*2") + 2  # one token per character, plus the role tokens
+    assert calls[0].prompt == "<|user|>3+4*2\nplan:<|assistant|>"
+    assert calls[0].prompt_tokens == len("3+4*2\nplan:") + 2  # one token per character, plus the role tokens
     assert all(0 < c.completion_tokens <= FAST["max_tokens"] for c in calls if c.prompt.endswith("3+4*2<|assistant|>")
                and "plan" not in c.prompt)
     sampled = [c for c in calls if c.sampling.get("temperature") == 1.0]

@@ -10,10 +10,12 @@ from reasoner.model import load_model, save_checkpoint
 from reasoner.pipeline.backends import ScriptedBackend
 from reasoner.pipeline.checks import recompute
 from reasoner.pipeline.evaluate import compare, heldout_arithmetic, write_summary
-from reasoner.pipeline.plans import arithmetic_plan, plan_text
+from reasoner.pipeline.plans import arithmetic_split
+from reasoner.pipeline.prompts import render
 from reasoner.tasks.base import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
+PLAN_CUE = render("plan", problem="")  # the planner prompt is the problem, then this
 
 
 class SmallModel:
@@ -24,8 +26,8 @@ class SmallModel:
 
     def __call__(self, messages, n):
         content = messages[-1]["content"]
-        if content.startswith("plan:"):
-            return [plan_text(arithmetic_plan(content[5:]))] * n
+        if content.endswith(PLAN_CUE):
+            return [json.dumps(arithmetic_split(content.removesuffix(PLAN_CUE)))] * n
         question = content.split("\n")[0]
         value = int(recompute(question))
         p_right = 0.7 if sum(question.count(op) for op in "+*") + question[1:].count("-") <= 1 else 0.1

@@ -1,12 +1,13 @@
 """Plan format: the reference arithmetic plans, their validation and the substitution of results."""
 import json
+import re
 
 import jsonschema
 import pytest
 
 from reasoner.pipeline.checks import recompute
-from reasoner.pipeline.plans import (PlanError, arithmetic_plan, arithmetic_plan_examples, parse_plan, plan_text,
-                                     ready_steps, substitute)
+from reasoner.pipeline.plans import (PlanError, arithmetic_plan, arithmetic_plan_examples, arithmetic_split,
+                                     arithmetic_step_problems, expand, parse_plan, plan_text, ready_steps, substitute)
 from reasoner.pipeline.prompts import PROMPTS_DIR, plan_schema, render
 from reasoner.tasks.arithmetic import ArithmeticTask
 
@@ -28,23 +29,60 @@ def test_reference_plans_compute_the_task_answers_at_every_level():
 
 
 def test_plan_reads_left_to_right_with_products_first():
-    assert plan_text(arithmetic_plan("37+48*3-25")) == '[{"id":1,"q":"48*3"},{"id":2,"q":"37+{1}"},{"id":3,"q":"{2}-25"}]'
+    assert plan_text(arithmetic_plan("37+48*3-25")) == '["48*3","37+{}","{}-25"]'
     steps = [s.to_dict() for s in parse_plan(plan_text(arithmetic_plan("1-2*3*4+5*6")))]
     assert [(s["q"], s["deps"]) for s in steps] == [
         ("2*3", []), ("{1}*4", [1]), ("1-{2}", [2]), ("5*6", []), ("{3}+{4}", [3, 4])]
 
 
-def test_sft_examples_are_the_planner_prompt_and_a_schema_valid_target():
-    problems = ArithmeticTask().problems("train", 5, level=5)
-    examples = arithmetic_plan_examples(problems)
-    assert len(examples) == 5
-    for problem, (messages, target) in zip(problems, examples):
-        assert messages == [{"role": "user", "content": render("plan", problem=problem.question)}]
-        assert problem.question in messages[0]["content"]
+def test_sft_examples_are_every_planner_call_with_a_schema_valid_target():
+    examples = arithmetic_plan_examples(["3+4-2+5", "1+4-2+5"])
+    assert [(m[0]["content"], target) for m, target in examples] == [
+        (render("plan", problem="3+4-2+5"), '["3+4","{}-2+5"]'), (render("plan", problem="{}-2+5"), '["{}-2","{}+5"]'),
+        (render("plan", problem="{}+5"), '["{}+5"]'),  # one operation: nothing left to split
+        (render("plan", problem="1+4-2+5"), '["1+4","{}-2+5"]')]  # its tail is already there
+    for messages, target in arithmetic_plan_examples(ArithmeticTask().problems("train", 5, level=8)):
         jsonschema.validate(json.loads(target), plan_schema())
         assert " " not in target  # compact: the planner pays per character
-    assert arithmetic_plan_examples(["2+3"])[0][1] == '[{"id":1,"q":"2+3"}]'
 
+
+def test_expanding_split_by_split_gives_the_whole_plan():
+    calls = []
+
+    def split(question):
+        calls.append(question)
+        return json.dumps(arithmetic_split(question))
+
+    for expression in ("1+2-3+4-5+6-7+8", "37+48*3-25", "7"):
+        calls.clear()
+        steps = expand(parse_plan(split(expression)), split)
+        assert steps == parse_plan(plan_text(arithmetic_plan(expression)))
+    assert calls == ["7"]
+    assert [s.q for s in expand(parse_plan('["1+2","{}+3+4"]'), lambda q: "garbage")] == ["1+2", "{1}+3+4"]
+    assert len(expand(parse_plan('["1+2","{}+3+4"]'), lambda q: '["{}+3","{}+4"]', max_steps=2)) == 2
+
+
+def test_compact_and_spelled_out_plans_mean_the_same():
+    compact = parse_plan('["2*3","{}+1","{1}-{}"]')
+    spelled = parse_plan('[{"id":1,"q":"2*3"},{"id":2,"q":"{1}+1"},{"id":3,"q":"{1}-{2}","deps":[1]}]')
+    assert compact == spelled
+    assert [s.deps for s in compact] == [(), (1,), (1, 2)]
+    # {} is the previous step in list order, whatever the ids
+    assert [s.q for s in parse_plan('[{"id":7,"q":"1+1"},{"id":3,"q":"{}*2"}]')] == ["1+1", "{7}*2"]
+
+
+def test_plan_length_grows_by_repetition_not_by_new_step_numbers():
+    """A plan for 8 terms is a 6-term plan's pattern repeated: nothing a planner taught on 6 terms has not seen."""
+    def shape(expression):
+        return re.sub(r"\d", "d", plan_text(arithmetic_plan(expression)))
+
+    assert shape("1+2-3+4-5+6-7+8") == shape("1+2-3+4-5+6")[:-1] + ',"{}-d","{}+d"]'
+
+
+def test_step_problems_are_the_planned_steps_with_results_written_in():
+    steps = arithmetic_step_problems(["3-9-7+5", "3-9+1"])
+    assert [(s.question, s.answer) for s in steps] == [("3-9", "-6"), ("-6-7", "-13"), ("-13+5", "-8"), ("-6+1", "-5")]
+    assert steps[1].target() == "<think>-6-7=-13</think><answer>-13</answer>"
 
 def test_prompt_files_exist_for_every_role():
     for role in ("plan", "solve", "repair", "reflect"):
@@ -62,6 +100,8 @@ def test_prompt_files_exist_for_every_role():
     ("[{\"id\":1,\"q\":\"{2}+1\"},{\"id\":2,\"q\":\"3\"}]", "step 1 uses [2]"),
     ("[{\"id\":1,\"q\":\"1+1\"},{\"id\":1,\"q\":\"2\"}]", "used twice"),
     ("[{\"id\":1,\"q\":\"1+1\",\"deps\":[1]}]", "step 1 uses [1]"),
+    ('["{}+1","2"]', "uses {}, the previous step's result, but it is the first step"),
+    ('["1+1",3]', "3 is not valid under any of the given schemas"),
 ])
 def test_invalid_plans_say_what_is_wrong(text, message):
     with pytest.raises(PlanError, match=message.replace("[", r"\[").replace("]", r"\]")):

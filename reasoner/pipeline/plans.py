@@ -1,8 +1,10 @@
 """Plans: the planner's JSON list of sub-problems, its validation, and reference plans for arithmetic.
 
-A plan is `[{"id":1,"q":"48*3"},{"id":2,"q":"37+{1}"}]`: steps in solving order, `{n}` standing for
-step n's result, the last step's result being the answer. The format is compact on purpose: the
-demo's character-level planner pays per character, and learns it from `arithmetic_plan_examples`.
+A plan is `["48*3","37+{}","{}-25"]` or, spelled out, `[{"id":1,"q":"48*3"},{"id":2,"q":"37+{1}"},...]`:
+steps in solving order, `{n}` standing for step n's result and `{}` for the previous step's, the last
+step's result being the answer. The demo's character-level planner learns the compact form from
+`arithmetic_plan_examples`: it pays per character, and `{}` spares it counting steps, so a plan for a
+longer problem than it was taught on is the same pattern repeated, not new step numbers.
 """
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ import jsonschema
 from reasoner.pipeline.prompts import plan_schema, render, user
 
 _REFERENCE = re.compile(r"\{(\d+)\}")
+_PREVIOUS = "{}"
 _TOKEN = re.compile(r"\d+|[-+*]")
+_SPLIT_TOKEN = re.compile(r"\{\}|\d+|[-+*]")
+_BINARY = re.compile(r"(-?\d+)([-+*])(-?\d+)")  # one planned step, results written in
 
 
 class PlanError(ValueError):
@@ -41,8 +46,12 @@ def references(question: str) -> list[int]:
     return [int(n) for n in _REFERENCE.findall(question)]
 
 
-def parse_plan(text: str) -> list[Step]:
-    """The steps of a planner completion, or PlanError saying what is wrong with it."""
+def parse_plan(text: str, first_id: int = 1, previous: int | None = None) -> list[Step]:
+    """The steps of a planner completion, or PlanError saying what is wrong with it.
+
+    A sub-plan (the planner asked again about one step, see `expand`) is numbered from `first_id`, and its
+    first step's `{}` is `previous`, the step before the one it replaces.
+    """
     body = _json_part(text)
     try:
         data = json.loads(body)
@@ -52,7 +61,15 @@ def parse_plan(text: str) -> list[Step]:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "plan"
         raise PlanError(f"{where}: {error.message}")
-    return _check_order(data)
+    items = [{"id": i + 1, "q": item} if isinstance(item, str) else item for i, item in enumerate(data)]
+    return _check_order([_shifted(item, first_id - 1) for item in items], previous)
+
+
+def _shifted(item: dict, offset: int) -> dict:
+    if not offset:
+        return item
+    question = _REFERENCE.sub(lambda m: f"{{{int(m.group(1)) + offset}}}", item["q"])
+    return {**item, "id": item["id"] + offset, "q": question, "deps": [d + offset for d in item.get("deps", ())]}
 
 
 def _json_part(text: str) -> str:
@@ -65,24 +82,54 @@ def _json_part(text: str) -> str:
     return text[start:end + 1]
 
 
-def _check_order(data: list[dict]) -> list[Step]:
-    steps, seen = [], set()
+def _check_order(data: list[dict], previous: int | None = None) -> list[Step]:
+    steps, seen = [], set() if previous is None else {previous}
     for item in data:
-        step_id = item["id"]
+        step_id, question = item["id"], item["q"]
         if step_id in seen:
             raise PlanError(f"step id {step_id} is used twice")
-        deps = sorted(set(item.get("deps", ())) | set(references(item["q"])))
+        if _PREVIOUS in question:
+            before = steps[-1].id if steps else previous
+            if before is None:
+                raise PlanError(f"step {step_id} uses {{}}, the previous step's result, but it is the first step")
+            question = question.replace(_PREVIOUS, f"{{{before}}}")
+        deps = sorted(set(item.get("deps", ())) | set(references(question)))
         later = [d for d in deps if d not in seen]
         if later:
             raise PlanError(f"step {step_id} uses {later}, which are not earlier steps")
         seen.add(step_id)
-        steps.append(Step(step_id, item["q"], tuple(deps)))
+        steps.append(Step(step_id, question, tuple(deps)))
     return steps
 
 
 def substitute(question: str, results: dict[str, str]) -> str:
     """Earlier results in place of their {n} references."""
     return _REFERENCE.sub(lambda m: results.get(m.group(1), m.group(0)), question)
+
+
+def expand(steps: list[Step], split, max_steps: int = 32) -> list[Step]:
+    """Ask `split` again about the last step, and put its sub-plan in that step's place, until it is whole.
+
+    `split(question)` returns a plan text (a planner call) or None. The planner is shown the step with
+    its use of the previous step written `{}`, so each call is the same small job, splitting off the first
+    operation, however long the problem: a planner taught on short problems plans long ones.
+    """
+    while 1 < len(steps) < max_steps:  # a one-step plan is the planner's word that the problem is whole
+        last, previous = steps[-1], steps[-2].id
+        if set(last.deps) - {previous}:
+            break  # it also uses older results, which a sub-plan could not name
+        question = last.q.replace(f"{{{previous}}}", _PREVIOUS)
+        text = split(question)
+        try:
+            sub = parse_plan(text, first_id=last.id, previous=previous) if text else []
+        except PlanError:
+            break
+        if len(sub) < 2 or len(steps) - 1 + len(sub) > max_steps or {s.id for s in sub} & {s.id for s in steps[:-1]}:
+            break
+        if len(sub[-1].q) >= len(last.q):
+            break  # no progress: what is left is no shorter than the step it came from
+        steps = steps[:-1] + sub
+    return steps
 
 
 def ready_steps(steps: Iterable[Step], done: Iterable[str]) -> list[Step]:
@@ -97,31 +144,48 @@ def ready_steps(steps: Iterable[Step], done: Iterable[str]) -> list[Step]:
 def arithmetic_plan(expression: str) -> list[dict]:
     """The plan for `37+48*3-25`: one step per operator, left to right, each product as it is met.
 
-    The steps follow the expression's reading order, so a small model plans by copying forward.
+    The steps follow the expression's reading order, so a small model plans by copying forward; a use of
+    the step just before is written `{}`.
     """
     tokens = _TOKEN.findall(expression.replace(" ", ""))
     if not tokens or len(tokens) % 2 == 0 or "".join(tokens) != expression.replace(" ", ""):
         raise ValueError(f"not a +-* expression of non-negative integers: {expression!r}")
     steps: list[dict] = []
 
-    def add(question: str) -> str:
+    def add(question: str) -> int:
         steps.append({"id": len(steps) + 1, "q": question})
-        return f"{{{len(steps)}}}"
+        return len(steps)
+
+    def ref(value) -> str:  # an operand: a number, or the id of the step that computes it
+        if isinstance(value, str):
+            return value
+        return _PREVIOUS if value == len(steps) else f"{{{value}}}"
 
     total, i = None, 0
     while i < len(tokens):
         sign = tokens[i - 1] if i else None
         term, i = tokens[i], i + 1
         while i < len(tokens) and tokens[i] == "*":
-            term, i = add(f"{term}*{tokens[i + 1]}"), i + 2
-        total = term if total is None else add(f"{total}{sign}{term}")
+            term, i = add(f"{ref(term)}*{tokens[i + 1]}"), i + 2
+        total = term if total is None else add(f"{ref(total)}{sign}{ref(term)}")
         i += 1  # past the + or - that starts the next term
     return steps or [{"id": 1, "q": total}]
 
 
+def arithmetic_split(question: str) -> list[str]:
+    """The planner's reference answer, one call's worth: `3+4-2+5` -> `["3+4","{}-2+5"]`, the first operation
+    and then the rest, `{}` standing for the first one's result. A single operation is its own plan."""
+    tokens = _SPLIT_TOKEN.findall(question.replace(" ", ""))
+    if "*" in tokens:  # products are computed first: the one-step-per-operator plan says so already
+        return [question] if _PREVIOUS in question else [s["q"] for s in arithmetic_plan(question)]
+    if len(tokens) <= 3:
+        return [question]
+    return ["".join(tokens[:3]), _PREVIOUS + "".join(tokens[3:])]
+
+
 def plan_text(steps: list[dict]) -> str:
-    """The exact text the planner is trained to write (no spaces: every character costs)."""
-    return json.dumps([{"id": s["id"], "q": s["q"]} for s in steps], separators=(",", ":"))
+    """The exact text the planner is trained to write: the compact form (no spaces: every character costs)."""
+    return json.dumps([s["q"] for s in steps], separators=(",", ":"))
 
 
 def plan_messages(problem: str) -> list[dict]:
@@ -129,9 +193,33 @@ def plan_messages(problem: str) -> list[dict]:
 
 
 def arithmetic_plan_examples(problems) -> list[tuple[list[dict], str]]:
-    """(planner prompt messages, target text) for SFT; problems are Problems or expression strings."""
-    examples = []
+    """(planner prompt messages, target text) for SFT, one per distinct planner call that solving
+    `problems` makes (see `expand`); problems are Problems or expression strings."""
+    targets: dict[str, str] = {}
     for problem in problems:
-        expression = getattr(problem, "question", problem)
-        examples.append((plan_messages(expression), plan_text(arithmetic_plan(expression))))
-    return examples
+        question = getattr(problem, "question", problem)
+        while question not in targets:
+            parts = arithmetic_split(question)
+            targets[question] = json.dumps(parts, separators=(",", ":"))
+            question = parts[-1]
+    return [(plan_messages(question), target) for question, target in targets.items()]
+
+
+def arithmetic_step_problems(problems) -> list:
+    """The distinct sub-problems the plans of `problems` ask the solver, earlier results written in.
+
+    A planned step reads `-13+7` where the problem itself only ever had digits 0-9: a solver taught on
+    whole problems alone has never seen a question start with a negative or two-digit number.
+    """
+    from reasoner.pipeline.checks import recompute
+    from reasoner.tasks.arithmetic import make_problem
+
+    seen: dict[str, object] = {}
+    for problem in problems:
+        results: dict[str, str] = {}
+        for step in parse_plan(plan_text(arithmetic_plan(getattr(problem, "question", problem)))):
+            question = substitute(step.q, results)
+            results[str(step.id)] = recompute(question)
+            left, op, right = _BINARY.fullmatch(question).groups()
+            seen.setdefault(question, make_problem([left, op, right], level=0))
+    return list(seen.values())
