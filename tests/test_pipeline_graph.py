@@ -1,4 +1,5 @@
 """Graph logic with a scripted backend, so every assertion is exact; real SQLite checkpoints and traces."""
+import json
 import threading
 
 import pytest
@@ -6,8 +7,10 @@ import pytest
 from reasoner.api import Reasoner
 from reasoner.pipeline.backends import BackendError, ScriptedBackend
 from reasoner.pipeline.checks import recompute
-from reasoner.pipeline.plans import arithmetic_plan, plan_text
+from reasoner.pipeline.plans import arithmetic_plan, arithmetic_split, plan_text
 from reasoner.pipeline.prompts import render
+
+PLAN_CUE = render("plan", problem="")  # the planner prompt is the problem, then this
 from reasoner.traces.store import TraceStore
 
 
@@ -22,10 +25,10 @@ class Oracle:
 
     def __call__(self, messages, n):
         content = messages[-1]["content"]
-        if content.startswith("plan:") or len(messages) > 1:
-            if self.plan is not None:
+        if content.endswith(PLAN_CUE) or len(messages) > 1:
+            if self.plan:
                 return [self.plan.pop(0)]
-            return [plan_text(arithmetic_plan(content[len("plan:"):]))]
+            return [json.dumps(arithmetic_split(content.removesuffix(PLAN_CUE)))]
         with self.lock:
             self.solve_prompts.append(content)
         content = content.split("\n")[0]  # a reflect prompt starts with the question
@@ -161,10 +164,17 @@ def test_reference_answer_is_checked_when_given(make):
     assert solution.verified and solution.status == "verified"
 
 
-def test_wrong_plan_is_caught_by_the_whole_problem_check(make):
-    oracle = Oracle(plan=['[{"id":1,"q":"3*4"},{"id":2,"q":"{1}-5"}]'])  # the planner flipped + to -
-    solution = make(oracle).solve("3*4+5")
-    assert solution.answer == "7" and solution.status == "rejected" and not solution.verified
+def test_wrong_plan_is_caught_by_the_whole_problem_check_then_solved_directly(make):
+    wrong = '[{"id":1,"q":"3*4"},{"id":2,"q":"{1}-5"}]'  # the planner flipped + to -
+    solution = make(Oracle(plan=[wrong])).solve("3*4+5")
+    assert (solution.answer, solution.status, solution.verified) == ("17", "verified", True)
+    assert [s.question for s in solution.steps] == ["3*4", "12-5", "3*4+5"]
+    assert any("the plan's answer 7 failed the whole-problem check" in e for e in solution.events)
+    # The direct answer is wrong too: the best remaining guess, marked rejected; no second fallback.
+    stubborn = Oracle(plan=[wrong], answers={"3*4+5": ["<answer>9</answer>"]})
+    solution = make(stubborn).solve("3*4+5")
+    assert (solution.answer, solution.status, solution.verified) == ("9", "rejected", False)
+    assert len(solution.steps) == 3
 
 
 def test_time_budget_stops_the_run(make):

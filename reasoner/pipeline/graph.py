@@ -2,7 +2,8 @@
 
     START -> plan -> schedule --Send per ready step--> solve_step -> schedule ... -> answer -> END
 
-`plan` asks for sub-problems (validated JSON, one repair, else the problem is one direct step).
+`plan` asks for sub-problems (validated JSON, one repair, else the problem is one direct step), then asks
+again about the last step until it splits no further (so a planner taught on short problems plans long ones).
 `schedule` fans out, with `Send`, every step whose dependencies are solved, their results substituted.
 `solve_step` is a subgraph per sub-problem:
 
@@ -31,7 +32,7 @@ from langgraph.types import Send
 from reasoner.pipeline import checks, recording
 from reasoner.pipeline.backends import Backend, BackendError, Generation, Sampling
 from reasoner.pipeline.options import SolveOptions
-from reasoner.pipeline.plans import PlanError, Step, parse_plan, plan_messages, ready_steps, substitute
+from reasoner.pipeline.plans import PlanError, Step, expand, parse_plan, plan_messages, ready_steps, substitute
 from reasoner.pipeline.prompts import render, user
 
 
@@ -57,6 +58,7 @@ class RunState(TypedDict, total=False):
     options: dict
     plan: list[dict]
     decomposed: bool
+    fallback: bool                # the plan's answer failed the whole-problem check; solving directly
     results: Annotated[dict[str, dict], merge]  # step id -> {question, answer, verified, status, error}
     spans: Annotated[list[dict], operator.add]
     events: Annotated[list[str], operator.add]
@@ -122,9 +124,21 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
             messages = [*messages, {"role": "assistant", "content": generation.text},
                         *user(render("repair", error=str(err)))]
             continue
+        steps = expand(steps, lambda question: _split(runtime, question, options, spans))
         plan_span = recording.node("plan", spans, started, steps=len(steps))
         return {"plan": [s.to_dict() for s in steps], "decomposed": True, "spans": [plan_span]}
     return _direct(state, spans, started, "no valid plan after one repair")
+
+
+def _split(runtime: Runtime[RunContext], question: str, options: SolveOptions, spans: list[dict]) -> str | None:
+    """One more planner call, about one step of the plan (see plans.expand); None ends the expansion."""
+    try:
+        generation = _ask(runtime, plan_messages(question), 1, Sampling(0.0, 1.0, options.max_tokens, options.seed))[0]
+    except BackendError as err:
+        spans.append(recording.event("split", str(err)))
+        return None
+    spans += recording.model_calls([generation], {"temperature": 0.0}, runtime.context.backend.name, name="split")
+    return generation.text
 
 
 def _direct(state: RunState, spans: list[dict], started: float, why: str) -> dict:
@@ -157,10 +171,9 @@ def dispatch(state: RunState, runtime: Runtime[RunContext]) -> list[Send] | str:
     if runtime.context.remaining() <= 0:
         return "answer"
     values = {key: r["answer"] for key, r in results.items()}
-    whole = not state.get("decomposed")
     return [Send("solve_step", {
         "step_id": str(step.id), "question": substitute(step.q, values), "task": state["task"],
-        "reference": state.get("reference") if whole else None, "tests": state.get("tests") or [],
+        "reference": state.get("reference") if step.q == state["problem"] else None, "tests": state.get("tests") or [],
         "entry_point": state.get("entry_point"), "options": state["options"], "attempt": 0,
         "feedback": None, "started": time.time()}) for step in ready_steps(steps, results)]
 
@@ -301,13 +314,16 @@ def answer(state: RunState, runtime: Runtime[RunContext]) -> dict:
         status = "failed" if unsolved else "timeout"
         return {"answer": None, "verified": False, "status": status, "error": error,
                 "spans": [recording.event("answer", error)]}
-    statuses = {results[str(s["id"])]["status"] for s in steps}
+    counted = steps[-1:] if state.get("fallback") else steps  # after a fallback only the direct answer counts
+    statuses = {results[str(s["id"])]["status"] for s in counted}
     whole, spans = None, []
     if state.get("decomposed") and _options(state).verify:
         # The steps can each be right and the plan still wrong: check the whole answer where possible.
         check = checks.check_math(last["answer"], state["problem"], state.get("reference"))
         whole = check["verdict"]
         spans.append(recording.verdict(check, name="verify answer"))
+    if whole == "fail" and not state.get("fallback") and runtime.context.remaining() > 0:
+        return _fall_back(state, last["answer"], spans)
     if whole == "fail" or (whole != "pass" and "failed" in statuses):
         status = "rejected"  # a check failed: the answer is the best remaining guess
     elif whole == "pass" or statuses == {"verified"}:
@@ -320,6 +336,19 @@ def answer(state: RunState, runtime: Runtime[RunContext]) -> dict:
             "spans": [recording.node("answer", spans, answer=last["answer"], outcome=status)]}
 
 
+def _fall_back(state: RunState, rejected: str, spans: list[dict]) -> dict:
+    """The plan's answer failed the whole-problem check: solve the problem directly, as one more step."""
+    step = Step(max(s["id"] for s in state["plan"]) + 1, state["problem"], ())
+    why = f"the plan's answer {rejected} failed the whole-problem check: solving directly"
+    return {"plan": [*state["plan"], step.to_dict()], "fallback": True, "events": [why],
+            "spans": [recording.node("answer", spans, answer=rejected, outcome="rejected", fallback=True)]}
+
+
+def after_answer(state: RunState) -> str:
+    direct_pending = str(state["plan"][-1]["id"]) not in (state.get("results") or {})
+    return "schedule" if state.get("fallback") and direct_pending else END
+
+
 def build_graph(checkpointer=None):
     builder = StateGraph(RunState, context_schema=RunContext)
     builder.add_node(plan)
@@ -330,5 +359,5 @@ def build_graph(checkpointer=None):
     builder.add_edge("plan", "schedule")
     builder.add_conditional_edges("schedule", dispatch, ["solve_step", "answer"])
     builder.add_edge("solve_step", "schedule")
-    builder.add_edge("answer", END)
+    builder.add_conditional_edges("answer", after_answer, ["schedule", END])
     return builder.compile(checkpointer=checkpointer)
