@@ -40,13 +40,17 @@ def _cold_start_target(problem: Problem, direct_fraction: float) -> str:
     return problem.target()
 
 
-def plan_rows(problems: list[Problem], tokenizer) -> list[dict]:
-    """SFT rows that teach the pipeline's planner to decompose a problem into JSON sub-problems."""
-    from reasoner.pipeline.plans import arithmetic_plan_examples
+def plan_rows(problems: list[Problem], tokenizer, style: str = "plain") -> list[dict]:
+    """SFT rows for the pipeline's two roles on these problems: the planner's JSON sub-problems, and the
+    solver's worked answer to each distinct planned step, earlier results written in."""
+    from reasoner.pipeline.plans import arithmetic_plan_examples, arithmetic_step_problems
 
-    return [{"prompt": tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
-             "completion": target + tokenizer.eos_token}
-            for messages, target in arithmetic_plan_examples(problems)]
+    plans = [{"prompt": tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+              "completion": target + tokenizer.eos_token}
+             for messages, target in arithmetic_plan_examples(problems)]
+    steps = [{"prompt": render_prompt(step.question, tokenizer, style), "completion": step.target() + tokenizer.eos_token}
+             for step in arithmetic_step_problems(problems)]
+    return plans + steps
 
 
 def grpo_dataset(problems: list[Problem], tokenizer, style: str = "plain") -> Dataset:

@@ -83,7 +83,7 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
         levels = recipe.task.train_levels
         problems = training_problems(recipe, levels, recipe.task.per_level * len(levels))
         plans = training_problems(recipe, recipe.sft.plan_levels, recipe.sft.plan_per_level * len(recipe.sft.plan_levels))
-        dataset = sft_dataset(problems, tokenizer, style, plan_rows(plans, tokenizer) if plans else (),
+        dataset = sft_dataset(problems, tokenizer, style, plan_rows(plans, tokenizer, style) if plans else (),
                               direct_fraction=recipe.sft.direct_fraction)
         return run_sft(recipe, model, tokenizer, dataset, output_dir, use_cpu)
     from reasoner.rl.grpo import run_grpo, trace_sink

@@ -125,3 +125,18 @@ def test_recompute_handles_arithmetic_only():
     assert recompute("7/2") == "7/2"
     assert recompute("2**3") is None and recompute("__import__('os')") is None and recompute("x+1") is None
     assert recompute("9" * 70 + "*" + "9" * 70) is None  # past the size bound
+
+
+def test_sft_rows_teach_both_pipeline_roles():
+    from reasoner.rl.data import plan_rows
+    from reasoner.tokenizer import builtin_tokenizer
+
+    rows = plan_rows(["3-9-7", "3-9+1"], builtin_tokenizer())
+    assert [(r["prompt"], r["completion"]) for r in rows] == [
+        ("<|user|>3-9-7\nplan:<|assistant|>", '["3-9","{}-7"]<eos>'),
+        ("<|user|>{}-7\nplan:<|assistant|>", '["{}-7"]<eos>'),
+        ("<|user|>3-9+1\nplan:<|assistant|>", '["3-9","{}+1"]<eos>'),
+        ("<|user|>{}+1\nplan:<|assistant|>", '["{}+1"]<eos>'),
+        ("<|user|>3-9<|assistant|>", "<think>3-9=-6</think><answer>-6</answer><eos>"),
+        ("<|user|>-6-7<|assistant|>", "<think>-6-7=-13</think><answer>-13</answer><eos>"),
+        ("<|user|>-6+1<|assistant|>", "<think>-6+1=-5</think><answer>-5</answer><eos>")]
