@@ -41,6 +41,8 @@ class SFTStage:
     direct_fraction: float = _f(0.0, minimum=0, maximum=1)  # answers with an empty <think> (see rl/data.py)
     plan_levels: list[int] = _f([])                # also teach the pipeline's planner on these levels
     plan_per_level: int = _f(2000, minimum=1)
+    code_levels: list[int] = _f([])                # also cold-start the built-in code task on these levels
+    code_per_level: int = _f(500, minimum=1)
 
 
 @dataclass

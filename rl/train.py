@@ -26,8 +26,8 @@ class TrainResult:
     plots: dict[str, Path] = field(default_factory=dict)
 
 
-def training_problems(recipe: Recipe, levels: list[int], total: int) -> list[Problem]:
-    task = get_task(recipe.task.name)
+def training_problems(recipe: Recipe, levels: list[int], total: int, task_name: str | None = None) -> list[Problem]:
+    task = get_task(task_name or recipe.task.name)
     per_level = max(1, total // max(1, len(levels)))
     return [p for level in levels for p in task.problems("train", per_level, level=level, seed=recipe.seed)]
 
@@ -82,6 +82,8 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
 
         levels = recipe.task.train_levels
         problems = training_problems(recipe, levels, recipe.task.per_level * len(levels))
+        problems += training_problems(recipe, recipe.sft.code_levels, recipe.sft.code_per_level * len(recipe.sft.code_levels),
+                                      "code") if recipe.sft.code_levels else []
         plans = training_problems(recipe, recipe.sft.plan_levels, recipe.sft.plan_per_level * len(recipe.sft.plan_levels))
         dataset = sft_dataset(problems, tokenizer, style, plan_rows(plans, tokenizer, style) if plans else (),
                               direct_fraction=recipe.sft.direct_fraction)
