@@ -17,20 +17,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--n", type=int, default=200, help="held-out problems")
-    parser.add_argument("--level", type=int, default=None, help="arithmetic level (default: the longest)")
-    parser.add_argument("--k", type=int, default=8, help="samples for voting and maj@k")
+    parser.add_argument("--level", type=int, default=6, help="arithmetic level (6: 8 terms, as make demo)")
+    parser.add_argument("--k", type=int, default=8, help="samples per attempt, for voting and maj@k")
+    parser.add_argument("--retries", type=int, default=3, help="retries after a failed verification")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--code", type=int, default=0, help="also solve this many held-out code tasks (level 1)")
     parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the plans-only run")
     parser.add_argument("--out", default="runs/demo/summary.json", help="summary JSON to update")
     args = parser.parse_args(argv)
 
     from reasoner.errors import ReasonerError
-    from reasoner.pipeline.evaluate import compare, write_summary
+    from reasoner.pipeline.evaluate import compare, heldout_code, write_summary
 
     try:
-        results = compare(args.model, n=args.n, level=args.level, k=args.k, max_tokens=args.max_tokens,
-                          temperature=args.temperature, ablation=args.ablation)
+        results = compare(args.model, n=args.n, level=args.level, k=args.k, retries=args.retries,
+                          max_tokens=args.max_tokens, temperature=args.temperature, ablation=args.ablation,
+                          code_problems=heldout_code(args.code) if args.code else ())
     except ReasonerError as err:
         print(f"benchmarks/pipeline.py: error: {err}", file=sys.stderr)
         return 2

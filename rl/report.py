@@ -25,6 +25,14 @@ def evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path], console) 
     return results
 
 
+def voting_metrics(recipe: Recipe, checkpoint: Path, k: int = 8, temperature: float = 0.7) -> dict[str, Metric]:
+    """k sampled answers per held-out problem: pass@1 (their mean), maj@k (their vote), pass@k."""
+    model, tokenizer = load_model(checkpoint)
+    return evaluate(model, tokenizer, heldout_problems(recipe), k, temperature, recipe.eval.max_new_tokens,
+                    recipe.task.prompt_style, output=Path(checkpoint).parent / f"eval-k{k}.jsonl",
+                    description=f"sampling {k} per problem")
+
+
 def results_table(results: dict[str, dict[str, Metric]], title: str) -> Table:
     metrics = list(next(iter(results.values())))
     table = Table(title=title)

@@ -53,6 +53,7 @@ def test_compare_measures_both_arms_on_the_same_problems(tmp_path):
                      checkpoints=tmp_path / "p.db", traces=tmp_path / "t.db")
     code_results = compare(coder, [], code_problems=code, ablation=False)
     assert code_results["code_verified"] == 1 and code_results["code_verified_pass_rate"] == 1.0
+    assert code_results["code_direct_accuracy"] == 1.0
 
 
 def test_summary_is_merged_not_overwritten(tmp_path):

@@ -96,7 +96,7 @@ def test_pipeline_over_http_with_the_real_model(server, tmp_path):
     with TraceStore.open(tmp_path / "t.db") as store:
         trace = store.get(solution.trace_id)
     assert trace.model == "tiny" and len(trace.model_calls()) == 2 + FAST["samples"] * 2  # plan, repair, 2 attempts
-    assert json.loads(trace.model_calls()[0].prompt) == [{"role": "user", "content": "plan:12+5"}]
+    assert json.loads(trace.model_calls()[0].prompt) == [{"role": "user", "content": "12+5\nplan:"}]
 
 
 class Failing(BaseHTTPRequestHandler):

@@ -26,12 +26,21 @@ def heldout_arithmetic(n: int = 200, level: int | None = None, seed: int = 0) ->
     return task.problems("heldout", n, level=level or max(task.levels), seed=seed)
 
 
-def compare(model, problems: Sequence | None = None, *, n: int = 200, level: int | None = None, k: int = 8,
-            max_tokens: int = 256, temperature: float = 0.7, code_problems: Sequence = (),
+def heldout_code(n: int = 20, level: int = 1, seed: int = 0) -> list:
+    """Held-out built-in code tasks (level 1: a one-line formula), graded by their tests in the sandbox."""
+    from reasoner.tasks.code import CodeTask
+
+    return CodeTask().problems("heldout", n, level=level, seed=seed)
+
+
+def compare(model, problems: Sequence | None = None, *, n: int = 200, level: int | None = 6, k: int = 8,
+            retries: int = 3, max_tokens: int = 256, temperature: float = 1.0, code_problems: Sequence = (),
             ablation: bool = True, workdir: str | Path | None = None, **pipeline_options: Any) -> dict:
     """direct_accuracy, pipeline_accuracy, n_pipeline, pass_at_1 / maj_at_k, and code checks.
 
-    model: a Reasoner or a checkpoint path. problems: Problems (question, answer) or held-out arithmetic.
+    model: a Reasoner or a checkpoint path. problems: Problems (question, answer), else `n` held-out
+    arithmetic problems of `level` (6: 8 terms, twice the longest the demo trains on; None: the longest).
+    The pipeline draws k samples per attempt at `temperature`, with `retries` retries.
     ablation: also run the pipeline with plans only (one sample, no verification, no retries), to show
     how much of the gain is decomposition alone.
     """
@@ -42,7 +51,8 @@ def compare(model, problems: Sequence | None = None, *, n: int = 200, level: int
     problems = list(problems) if problems is not None else heldout_arithmetic(n, level)
     started = time.perf_counter()
     direct, pass_at_1, maj_at_k = _sampled_baselines(reasoner.backend, problems, k, max_tokens, temperature)
-    options = {"samples": k, "max_tokens": max_tokens, "temperature": temperature, **pipeline_options}
+    options = {"samples": k, "retries": retries, "max_tokens": max_tokens, "temperature": temperature,
+               **pipeline_options}
     pipeline = _pipeline_accuracy(reasoner, problems, options)
     results = {
         "direct_accuracy": _mean(direct), "pipeline_accuracy": _mean(pipeline), "n_pipeline": len(pipeline),
@@ -53,7 +63,7 @@ def compare(model, problems: Sequence | None = None, *, n: int = 200, level: int
         plans_only = {**options, "samples": 1, "retries": 0, "verify": False, "temperature": 0.0}
         results["pipeline_plans_only_accuracy"] = _mean(_pipeline_accuracy(reasoner, problems, plans_only))
     if code_problems:
-        results.update(_code_checks(reasoner, code_problems, options))
+        results.update(_code_checks(reasoner, code_problems, options, max_tokens))
     results["pipeline_eval_seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -85,15 +95,22 @@ def _pipeline_accuracy(reasoner, problems, options) -> list[bool]:
     return [_correct(reasoner.solve(p.question, **options).answer, p.answer) for p in problems]
 
 
-def _code_checks(reasoner, problems, options) -> dict:
-    """Pipeline verified answers on code tasks, re-checked independently against their tests."""
-    from reasoner.verify import check_code
+def _code_checks(reasoner, problems, options, max_tokens) -> dict:
+    """Pipeline verified answers on code tasks, re-checked independently against their tests, beside
+    greedy single-shot programs graded the same way."""
+    from reasoner.verify import check_code, extract_code
 
+    direct = []
+    for problem in problems:
+        text = reasoner.backend.generate(user(render("solve", question=problem.question)), 1,
+                                         Sampling(0.0, 1.0, max_tokens))[0].text
+        program = extract_code(text)
+        direct.append(bool(program) and check_code(program, problem.tests, problem.entry_point) == 1.0)
     solutions = [reasoner.solve(p.question, task="code", tests=p.tests, entry_point=p.entry_point,
                                 **{**options, "decompose": False}) for p in problems]
     verified = [(s, p) for s, p in zip(solutions, problems) if s.verified]
     passing = [check_code(s.answer, p.tests, p.entry_point) == 1.0 for s, p in verified]
-    return {"n_code": len(problems), "code_verified": len(verified),
+    return {"n_code": len(problems), "code_direct_accuracy": _mean(direct), "code_verified": len(verified),
             "code_verified_pass_rate": _mean(passing) if passing else None}
 
 
