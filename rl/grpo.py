@@ -73,7 +73,9 @@ def run_grpo(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cp
              rollout_sink: RolloutSink | None = None, rollout_func=None, callbacks=()):
     stage = recipe.grpo
     rewards = build_rewards(stage.rewards, stage.max_completion_length, stage.overlong_buffer)
-    if rollout_func is None and stage.fast_rollout and not stage.use_vllm:
+    # The engine reads the projections' weights directly; under LoRA those omit the adapters' delta, so
+    # LoRA runs sample with TRL's own generate.
+    if rollout_func is None and stage.fast_rollout and not stage.use_vllm and not recipe.lora.enabled:
         from reasoner.rollout.hooks import make_rollout_func
 
         rollout_func = make_rollout_func(max_batch_size=stage.prompts_per_step * stage.num_generations)

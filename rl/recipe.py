@@ -84,6 +84,7 @@ class EvalConfig:
 
 @dataclass
 class LoraConfig:
+    """peft LoRA on both stages (rl/lora.py); adapters are merged into each stage's saved checkpoint."""
     enabled: bool = _f(False)
     r: int = _f(16, minimum=1)
     alpha: int = _f(32, minimum=1)

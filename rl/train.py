@@ -15,6 +15,7 @@ from transformers import set_seed
 
 from reasoner.model import is_checkpoint, load_model, save_checkpoint
 from reasoner.rl.data import grpo_dataset, plan_rows, sft_dataset
+from reasoner.rl.lora import merged, with_lora
 from reasoner.rl.plots import plot_training
 from reasoner.rl.recipe import Recipe
 from reasoner.tasks import Problem, get_task
@@ -57,12 +58,13 @@ def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe
         log(f"[{stage}] already finished: {final} (delete it to train again)")
     else:
         model, tokenizer = load_model(start)
-        log(f"[{stage}] training from {start}")
+        model = with_lora(model, recipe.lora)
+        log(f"[{stage}] training from {start}" + (f" with LoRA r={recipe.lora.r}" if recipe.lora.enabled else ""))
         trainer = _run_stage(stage, recipe, model, tokenizer, out / stage)
         # Under `accelerate launch` every rank gets here with the same weights: one writes, all wait for it
         # (the next stage loads `final` on every rank).
         if trainer.accelerator.is_main_process:
-            save_checkpoint(model, tokenizer, final,
+            save_checkpoint(merged(model), tokenizer, final,
                             {"stage": stage, "recipe": recipe.to_dict(), "started_from": str(start)})
             plot = plot_training(trainer.state.log_history, out / stage / "training.png", f"{recipe.name}: {stage}")
             if plot:

@@ -233,3 +233,33 @@ def test_marker_written_after_save_by_main_process_only(tmp_path):
     state.global_step = 5  # the Trainer saved nothing for this step: no folder is invented
     MarkCompleteCheckpoints().on_save(args, state, TrainerControl())
     assert not (tmp_path / "checkpoint-5").exists()
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+
+
+def test_lora_trains_only_the_adapted_projections_and_saves_them_merged(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    from reasoner.rl.train import train
+
+    recipe = _recipe(tmp_path, ["lora.enabled=true", "lora.r=4", "sft.max_steps=3", "sft.warmup_steps=0",
+                                "grpo.max_steps=1", "balance.gamma=0"])
+    result = train(recipe, log=lambda text: None)
+    before = load_model("tiny")[0].state_dict()
+    for stage in ("sft", "grpo"):
+        after = load_model(result.checkpoints[stage])[0].state_dict()
+        assert set(after) == set(before)  # merged: a plain DeepseekV3 checkpoint, no adapter weights
+    after = load_model(result.checkpoints["sft"])[0].state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    targets = tuple(f"{module}.weight" for module in recipe.lora.target_modules)
+    assert changed and all(name.endswith(targets) for name in changed)
+    assert any(name.endswith("kv_b_proj.weight") for name in changed)
+
+
+def test_lora_on_a_module_the_model_lacks_names_the_field():
+    from reasoner.errors import ReasonerError
+    from reasoner.rl.lora import with_lora
+    from reasoner.rl.recipe import LoraConfig
+
+    with pytest.raises(ReasonerError, match=r"lora.target_modules: \['q_b_proj'\] are not modules"):
+        with_lora(load_model("tiny")[0], LoraConfig(enabled=True, target_modules=["q_b_proj", "o_proj"]))
