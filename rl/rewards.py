@@ -23,20 +23,22 @@ def completion_text(completion) -> str:
     return completion
 
 
-def accuracy_reward(prompts, completions, answer, task=None, **_) -> list[float | None]:
-    tasks = task or [None] * len(completions)
-    return [None if t == "code" else grade_completion(t, completion_text(c), gold)
-            for c, gold, t in zip(completions, answer, tasks)]
+def accuracy_reward(prompts, completions, answer, task=None, tests=None, **_) -> list[float | None]:
+    """1.0 for the right answer; rows with tests are programs, scored by code_reward instead."""
+    tasks, tests = task or [None] * len(completions), tests or [()] * len(completions)
+    return [None if row_tests else grade_completion(t, completion_text(c), gold)
+            for c, gold, t, row_tests in zip(completions, answer, tasks, tests)]
 
 
 def format_reward(prompts, completions, **_) -> list[float]:
     return [float(bool(FORMAT.match(completion_text(c)))) for c in completions]
 
 
-def code_reward(prompts, completions, tests, entry_point, task=None, **_) -> list[float | None]:
-    tasks = task or ["code"] * len(completions)
-    return [check_code(completion_text(c), list(t), e) if kind == "code" else None
-            for c, t, e, kind in zip(completions, tests, entry_point, tasks)]
+def code_reward(prompts, completions, tests, entry_point, **_) -> list[float | None]:
+    """The fraction of a row's tests the program passes in the sandbox (built-in code tasks and HumanEval
+    alike: any row with tests); None for rows without tests."""
+    return [check_code(completion_text(c), list(t), e or None) if t else None
+            for c, t, e in zip(completions, tests, entry_point)]
 
 
 def overlong_penalty(max_length: int, buffer: int) -> Callable:

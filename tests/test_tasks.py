@@ -181,3 +181,15 @@ def test_prompt_styles_default_by_kind_of_task(tiny):
     _, tokenizer = tiny
     assert get_task("countdown").prompt_style == "plain" and get_task("gsm8k").prompt_style == "r1"
     assert r1_system_prompt() in render_prompt("What is 2+2?", tokenizer, get_task("math500").prompt_style)
+
+
+def test_rewards_split_by_whether_a_row_has_tests():
+    """Programs (built-in code tasks and HumanEval rows alike) are scored by their tests, answers by equality."""
+    from reasoner.rl.rewards import code_reward
+
+    program = "<think></think><answer>def add(a, b):\n    return a + b</answer>"
+    tests = [["assert add(2, 3) == 5"], ["assert add(2, 3) == 5"], []]
+    kwargs = dict(tests=tests, entry_point=["add", "add", ""], task=["code", "humaneval", "arithmetic"])
+    completions = [program, program, "<think></think><answer>5</answer>"]
+    assert code_reward(None, completions, **kwargs) == [1.0, 1.0, None]
+    assert accuracy_reward(None, completions, ["", "", "5"], **kwargs) == [None, None, 1.0]
