@@ -65,7 +65,7 @@ def grpo_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> GRPOConfig:
         scale_rewards=stage.scale_rewards, reward_weights=weights, mask_truncated_completions=False,
         seed=recipe.seed, logging_steps=1, save_steps=stage.save_steps, save_total_limit=2,
         report_to=[], use_cpu=use_cpu, bf16=False, dataloader_num_workers=0, use_vllm=stage.use_vllm,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=5, disable_tqdm=False, activation_checkpointing=False,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=stage.warmup_steps, disable_tqdm=False, activation_checkpointing=False,
     )
 
 

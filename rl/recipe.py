@@ -65,6 +65,7 @@ class GRPOStage:
     rewards: list[str] = _f(["accuracy", "format", "overlong"])
     reward_weights: list[float] | None = _f([1.0, 0.2, 0.5])
     scale_rewards: str = _f("group", enum=["group", "batch", "none"])
+    warmup_steps: int = _f(5, minimum=0)           # learning rate rises from 0 over these steps
     save_steps: int = _f(50, minimum=1)
     use_vllm: bool = _f(False)                     # GPU users: TRL's vLLM rollouts (see README)
     fast_rollout: bool = _f(True)                  # our absorbed-MLA engine, when available

@@ -162,7 +162,7 @@ def test_one_sft_step(tmp_path):
 
 def test_one_grpo_step(tmp_path, monkeypatch):
     """One GRPO step through run_grpo, rollouts from our engine via TRL's rollout_func, recorded to the sink.
-    (grpo_config warms the learning rate up from 0, so step 1 computes a real gradient but moves no weight.)"""
+    (grpo.warmup_steps, 5 by default, starts the learning rate at 0: step 1 computes a real gradient but moves no weight.)"""
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     from reasoner.rl.data import grpo_dataset
     from reasoner.rl.grpo import run_grpo
