@@ -29,8 +29,8 @@ def sft_dataset(problems: list[Problem], tokenizer, style: str = "plain", extra_
     """Prompt/completion rows. A `direct_fraction` of problems (chosen by id, so reproducibly) answer with an
     empty `<think></think>`: cold-start data, like real data, mixes short and worked answers, and GRPO
     then learns from reward alone which of the two pays on harder problems."""
-    rows = [{"prompt": render_prompt(p.question, tokenizer, style),
-             "completion": _cold_start_target(p, direct_fraction) + tokenizer.eos_token} for p in problems]
+    rows = [_row(render_prompt(p.question, tokenizer, style), _cold_start_target(p, direct_fraction), tokenizer)
+            for p in problems]
     return Dataset.from_list(rows + list(extra_rows)).shuffle(seed=0)
 
 
@@ -45,12 +45,15 @@ def plan_rows(problems: list[Problem], tokenizer, style: str = "plain") -> list[
     solver's worked answer to each distinct planned step, earlier results written in."""
     from reasoner.pipeline.plans import arithmetic_plan_examples, arithmetic_step_problems
 
-    plans = [{"prompt": tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
-              "completion": target + tokenizer.eos_token}
+    plans = [_row(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), target, tokenizer)
              for messages, target in arithmetic_plan_examples(problems)]
-    steps = [{"prompt": render_prompt(step.question, tokenizer, style), "completion": step.target() + tokenizer.eos_token}
+    steps = [_row(render_prompt(step.question, tokenizer, style), step.target(), tokenizer)
              for step in arithmetic_step_problems(problems)]
     return plans + steps
+
+
+def _row(prompt: str, target: str, tokenizer) -> dict:
+    return {"prompt": prompt, "completion": target + tokenizer.eos_token}
 
 
 def grpo_dataset(problems: list[Problem], tokenizer, style: str = "plain") -> Dataset:

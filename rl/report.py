@@ -13,13 +13,9 @@ from reasoner.rl.train import heldout_problems
 
 def evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path], console) -> dict[str, dict[str, Metric]]:
     problems = heldout_problems(recipe)
-    results = {}
-    for stage, path in checkpoints.items():
-        model, tokenizer = load_model(path)
-        results[stage] = evaluate(model, tokenizer, problems, recipe.eval.samples, recipe.eval.temperature,
-                                  recipe.eval.max_new_tokens, recipe.task.prompt_style,
-                                  output=Path(recipe.output_dir) / stage / "eval.jsonl",
-                                  description=f"evaluating {stage}")
+    results = {stage: _evaluate(recipe, path, problems, recipe.eval.samples, recipe.eval.temperature,
+                                Path(recipe.output_dir) / stage / "eval.jsonl", f"evaluating {stage}")
+               for stage, path in checkpoints.items()}
     console.print(results_table(results, f"held-out {recipe.task.name} level {recipe.task.eval_level}, "
                                          f"n={len(problems)}"))
     return results
@@ -27,10 +23,15 @@ def evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path], console) 
 
 def voting_metrics(recipe: Recipe, checkpoint: Path, k: int = 8, temperature: float = 0.7) -> dict[str, Metric]:
     """k sampled answers per held-out problem: pass@1 (their mean), maj@k (their vote), pass@k."""
+    return _evaluate(recipe, checkpoint, heldout_problems(recipe), k, temperature,
+                     Path(checkpoint).parent / f"eval-k{k}.jsonl", f"sampling {k} per problem")
+
+
+def _evaluate(recipe: Recipe, checkpoint: Path, problems, samples: int, temperature: float, output: Path,
+              description: str) -> dict[str, Metric]:
     model, tokenizer = load_model(checkpoint)
-    return evaluate(model, tokenizer, heldout_problems(recipe), k, temperature, recipe.eval.max_new_tokens,
-                    recipe.task.prompt_style, output=Path(checkpoint).parent / f"eval-k{k}.jsonl",
-                    description=f"sampling {k} per problem")
+    return evaluate(model, tokenizer, problems, samples, temperature, recipe.eval.max_new_tokens,
+                    recipe.task.prompt_style, output=output, description=description)
 
 
 def results_table(results: dict[str, dict[str, Metric]], title: str) -> Table:

@@ -81,14 +81,18 @@ def _sampled_baselines(backend, problems, k, max_tokens, temperature):
 
     direct, pass_at_1, maj_at_k = [], [], []
     for problem in problems:
+        direct.append(_correct(extract_answer(_greedy(backend, problem, max_tokens)), problem.answer))
         messages = user(render("solve", question=problem.question))
-        greedy = backend.generate(messages, 1, Sampling(0.0, 1.0, max_tokens))[0]
-        direct.append(_correct(extract_answer(greedy.text), problem.answer))
         answers = [extract_answer(g.text) for g in backend.generate(messages, k, Sampling(temperature, 1.0, max_tokens))]
         pass_at_1.append(sum(_correct(a, problem.answer) for a in answers) / k)
         voted, _ = majority([a for a in answers if a])
         maj_at_k.append(_correct(voted, problem.answer))
     return direct, pass_at_1, maj_at_k
+
+
+def _greedy(backend, problem, max_tokens: int) -> str:
+    """The single-shot answer: one greedy completion of the solve prompt."""
+    return backend.generate(user(render("solve", question=problem.question)), 1, Sampling(0.0, 1.0, max_tokens))[0].text
 
 
 def _pipeline_accuracy(reasoner, problems, options) -> list[bool]:
@@ -98,18 +102,17 @@ def _pipeline_accuracy(reasoner, problems, options) -> list[bool]:
 def _code_checks(reasoner, problems, options, max_tokens) -> dict:
     """Pipeline verified answers on code tasks, re-checked independently against their tests, beside
     greedy single-shot programs graded the same way."""
-    from reasoner.verify import check_code, extract_code
+    from reasoner.verify import check_code_many
 
-    direct = []
-    for problem in problems:
-        text = reasoner.backend.generate(user(render("solve", question=problem.question)), 1,
-                                         Sampling(0.0, 1.0, max_tokens))[0].text
-        program = extract_code(text)
-        direct.append(bool(program) and check_code(program, problem.tests, problem.entry_point) == 1.0)
+    def passes(programs: list[str], problems) -> list[bool]:  # one sandbox batch, run in parallel
+        scores = check_code_many(programs, [p.tests for p in problems], [p.entry_point for p in problems])
+        return [score == 1.0 for score in scores]
+
+    direct = passes([_greedy(reasoner.backend, p, max_tokens) for p in problems], problems)
     solutions = [reasoner.solve(p.question, task="code", tests=p.tests, entry_point=p.entry_point,
                                 **{**options, "decompose": False}) for p in problems]
     verified = [(s, p) for s, p in zip(solutions, problems) if s.verified]
-    passing = [check_code(s.answer, p.tests, p.entry_point) == 1.0 for s, p in verified]
+    passing = passes([s.answer for s, _ in verified], [p for _, p in verified]) if verified else []
     return {"n_code": len(problems), "code_direct_accuracy": _mean(direct), "code_verified": len(verified),
             "code_verified_pass_rate": _mean(passing) if passing else None}
 

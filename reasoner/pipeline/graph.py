@@ -113,16 +113,14 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
     messages, spans = plan_messages(state["problem"]), []
     for attempt in ("plan", "repair"):
         try:
-            generation = _ask(runtime, messages, 1, Sampling(0.0, 1.0, options.max_tokens, options.seed))[0]
+            text = _ask_planner(runtime, messages, options, spans, attempt)
         except BackendError as err:
             return _direct(state, spans, started, f"planner unavailable: {err}")
-        spans += recording.model_calls([generation], {"temperature": 0.0}, runtime.context.backend.name, name=attempt)
         try:
-            steps = parse_plan(generation.text)
+            steps = parse_plan(text)
         except PlanError as err:
             spans.append(recording.event(f"invalid {attempt}", str(err)))
-            messages = [*messages, {"role": "assistant", "content": generation.text},
-                        *user(render("repair", error=str(err)))]
+            messages = [*messages, {"role": "assistant", "content": text}, *user(render("repair", error=str(err)))]
             continue
         steps = expand(steps, lambda question: _split(runtime, question, options, spans))
         plan_span = recording.node("plan", spans, started, steps=len(steps))
@@ -130,15 +128,21 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
     return _direct(state, spans, started, "no valid plan after one repair")
 
 
+def _ask_planner(runtime: Runtime[RunContext], messages: list[dict], options: SolveOptions, spans: list[dict],
+                 name: str) -> str:
+    """One greedy planner call, recorded in `spans`; BackendError when the backend fails."""
+    generation = _ask(runtime, messages, 1, Sampling(0.0, 1.0, options.max_tokens, options.seed))[0]
+    spans += recording.model_calls([generation], {"temperature": 0.0}, runtime.context.backend.name, name=name)
+    return generation.text
+
+
 def _split(runtime: Runtime[RunContext], question: str, options: SolveOptions, spans: list[dict]) -> str | None:
     """One more planner call, about one step of the plan (see plans.expand); None ends the expansion."""
     try:
-        generation = _ask(runtime, plan_messages(question), 1, Sampling(0.0, 1.0, options.max_tokens, options.seed))[0]
+        return _ask_planner(runtime, plan_messages(question), options, spans, "split")
     except BackendError as err:
         spans.append(recording.event("split", str(err)))
         return None
-    spans += recording.model_calls([generation], {"temperature": 0.0}, runtime.context.backend.name, name="split")
-    return generation.text
 
 
 def _direct(state: RunState, spans: list[dict], started: float, why: str) -> dict:
