@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "reasoner" / "data"   # GSM8K test and MATH-500, shipped with the package
 
 # Tests share 2 cores with each other's subprocesses; more threads only add contention.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -124,8 +124,18 @@ def test_code_problems_have_a_plan_and_distinct_tests():
 
 # ---------------------------------------------------------------- real data
 
-needs_data = pytest.mark.skipif(not (data_dir() / "gsm8k_test.jsonl").exists(),
-                                reason=f"GSM8K/MATH-500 files not in {data_dir()} (set $REASONER_DATA)")
+def needs_data(test):  # the sets ship with the package (reasoner/data/), so these tests never skip
+    return test
+
+
+def test_real_data_ships_with_the_package(monkeypatch):
+    from reasoner.tasks.real import PACKAGED_DATA
+
+    monkeypatch.delenv("REASONER_DATA", raising=False)
+    assert data_dir() == PACKAGED_DATA and PACKAGED_DATA.parts[-2:] == ("reasoner", "data")
+    for name, rows in (("gsm8k_test.jsonl", 1319), ("math500_test.jsonl", 500)):
+        assert sum(1 for line in (data_dir() / name).open() if line.strip()) == rows
+    assert "MIT" in (PACKAGED_DATA / "README.md").read_text()
 
 
 @needs_data

