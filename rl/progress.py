@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from tqdm.auto import tqdm
+
+from reasoner.progress import printable
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -22,7 +24,8 @@ class CompactProgress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.stage, dynamic_ncols=True)
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=printable(self.stage, False),
+                            dynamic_ncols=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -30,7 +33,8 @@ class CompactProgress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs:
-            shown = {label: fmt.format(logs[key]) for key, label, fmt in WATCHED if logs.get(key) is not None}
+            shown = {label: printable(fmt.format(logs[key]), False) for key, label, fmt in WATCHED
+                     if logs.get(key) is not None}
             self.bar.set_postfix(shown, refresh=True)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -112,6 +112,8 @@ def _task(args) -> dict:
 
 
 def print_progress(event: dict) -> None:
+    from reasoner.progress import printable
+
     node, step = event.get("node"), event.get("step")
     if node == "plan":
         line = "plan     asking for sub-problems"
@@ -126,7 +128,7 @@ def print_progress(event: dict) -> None:
         line = f"answer   {event['answer']} [{event['status']}]"
     else:
         line = str(event)
-    print(line, file=sys.stderr, flush=True)
+    print(printable(line, keep_layout=False), file=sys.stderr, flush=True)  # one line, control characters shown
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -140,6 +140,15 @@ def open_store(args: argparse.Namespace, *, create: bool = False):
     return TraceStore.open(args.store, create=create)
 
 
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _json(data) -> str:
+    """JSON for a terminal: json escapes C0 controls itself; DEL, C1 and bidi controls get \\u escapes too."""
+    text = json.dumps(data, ensure_ascii=False, indent=1)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _console():
     from rich.console import Console
 
@@ -155,7 +164,7 @@ def run_list(args: argparse.Namespace) -> int:
     trace_filter = filter_from_args(args)
     with open_store(args) as store:
         if args.json:
-            print(json.dumps([row.to_dict() for row in store.summaries(trace_filter)], ensure_ascii=False, indent=1))
+            print(_json([row.to_dict() for row in store.summaries(trace_filter)]))
             return 0
         total = store.count(trace_filter)
         if trace_filter.limit is None:
@@ -173,7 +182,7 @@ def run_show(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         trace = store.get(args.id)
     if args.json:
-        print(json.dumps(trace.to_dict(), ensure_ascii=False, indent=1))
+        print(_json(trace.to_dict()))
         return 0
     from reasoner.traces.render import trace_tree
 

@@ -18,14 +18,14 @@ def add_parser(subparsers):
 def run(args) -> int:
     from rich.console import Console
 
-    from reasoner.progress import quiet_libraries
+    from reasoner.progress import printable, quiet_libraries
     from reasoner.rl.recipe import Recipe
     from reasoner.rl.train import train
 
     quiet_libraries()
     console = Console(highlight=False)
     recipe = Recipe.load(args.recipe, args.overrides)
-    result = train(recipe, log=lambda text: console.print(text, markup=False, soft_wrap=True))
+    result = train(recipe, log=lambda text: console.print(printable(text), markup=False, soft_wrap=True))
     if not args.no_eval:
         from reasoner.rl.report import evaluate_checkpoints
 

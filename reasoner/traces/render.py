@@ -9,12 +9,29 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from reasoner.progress import printable
 from reasoner.traces.model import Span, Trace
 from reasoner.traces.store import TraceSummary
 
 VERDICT_STYLES = {"pass": "bold green", "fail": "bold red", "error": "bold yellow", "unknown": "dim"}
 VERDICT_MARKS = {"pass": "✔", "fail": "✘", "error": "!", "unknown": "?"}
 PREVIEW_CHARS = 240
+
+
+def _shown(value):
+    """Every string in a trace (keys too) with control characters escaped: traces hold untrusted text."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_shown(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return value
+
+
+def printable_trace(trace: Trace) -> Trace:
+    """A copy of the trace that is safe to print: what the terminal views render."""
+    return Trace.from_dict(_shown(trace.to_dict()))
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -46,11 +63,11 @@ def summary_table(summaries: Sequence[TraceSummary], total: int | None = None) -
     for name, justify, width in columns:
         table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True, min_width=width)
     for row in summaries:
-        cells = [row.id[:12], row.created.strftime("%Y-%m-%d %H:%M"), row.source, row.task, row.model or "–",
-                 _verdict_reward(row)]
+        cells = [printable(row.id[:12], False), row.created.strftime("%Y-%m-%d %H:%M"), printable(row.source, False),
+                 printable(row.task, False), printable(row.model, False) if row.model else "–", _verdict_reward(row)]
         if with_tokens:
             cells.append("–" if row.completion_tokens is None else str(row.completion_tokens))
-        table.add_row(*cells, (row.preview or "")[:80])
+        table.add_row(*cells, printable((row.preview or "")[:80], False))
     return table
 
 
@@ -115,6 +132,7 @@ def _add_span(parent: Tree, span: Span, show_think: bool) -> None:
 
 
 def trace_tree(trace: Trace, show_think: bool = False) -> Tree:
+    trace = printable_trace(trace)
     header = Text.assemble((f"trace {trace.id}", "bold"), "  ", (trace.source, "cyan"), " · ", trace.task,
                            " · ", trace.model or "no model", " · ", trace.created.strftime("%Y-%m-%d %H:%M:%S UTC"))
     tree = Tree(header)
@@ -143,6 +161,7 @@ def _facts(trace: Trace) -> dict[str, str]:
 
 def diff_view(a: Trace, b: Trace, show_think: bool = False) -> Group:
     """A facts table (differences in yellow) above both span trees side by side."""
+    a, b = printable_trace(a), printable_trace(b)
     facts_a, facts_b = _facts(a), _facts(b)
     facts = Table(title="A vs B", header_style="bold")
     for name in ("", "A", "B"):
