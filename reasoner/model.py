@@ -5,6 +5,7 @@ One function, `load_model`, takes either a model YAML (fresh weights) or a check
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 import reasoner
 from reasoner.config import load_config, resolve_config_path
 from reasoner.errors import ReasonerError
+from reasoner.mtp import attach_mtp, checkpoint_mtp_depth, load_mtp_weights
 from reasoner.tokenizer import load_tokenizer
 
 RUN_METADATA = "reasoner.json"
@@ -55,6 +57,7 @@ _ARCHITECTURE_FIELDS: dict[str, dict[str, Any]] = {
     "tie_word_embeddings": {"type": "boolean"},
     "attention_bias": {"type": "boolean"},
     "attention_dropout": {"type": "number", "minimum": 0, "maximum": 1},
+    "num_nextn_predict_layers": {"type": "integer", "minimum": 0},  # MTP depth (reasoner/mtp.py); 0: none
 }
 MODEL_SCHEMA = {
     "type": "object",
@@ -117,6 +120,7 @@ class ModelSpec:
             fields["vocab_size"] = vocab_size
         fields.setdefault("n_group", 1)
         fields.setdefault("topk_group", 1)
+        fields["num_mtp_layers"] = fields.pop("num_nextn_predict_layers", 0)  # transformers' default is 1
         rope_theta = fields.pop("rope_theta", 10000.0)
         fields["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta}
         return DeepseekV3Config(**fields, **special_ids)
@@ -136,7 +140,9 @@ def load_model(source: str | Path, dtype: torch.dtype | None = None, device: str
     tokenizer = load_tokenizer(spec.tokenizer)
     config = spec.to_config(len(tokenizer), **_special_ids(tokenizer))
     torch.manual_seed(spec.seed)
-    model = DeepseekV3ForCausalLM(config).to(dtype or getattr(torch, spec.dtype))
+    model = DeepseekV3ForCausalLM(config)
+    attach_mtp(model, config.num_mtp_layers)  # after the main weights: depth 0 and depth D share them
+    model = model.to(dtype or getattr(torch, spec.dtype))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return (model.to(device) if device else model), tokenizer
@@ -149,11 +155,34 @@ def _special_ids(tokenizer) -> dict[str, int]:
 
 def _load_checkpoint(path: Path, dtype, device):
     try:
-        model = DeepseekV3ForCausalLM.from_pretrained(path, dtype=dtype or "auto", local_files_only=True)
-    except (OSError, ValueError) as err:
+        config = DeepseekV3Config.from_pretrained(path, local_files_only=True)
+        depth = checkpoint_mtp_depth(path, config.num_hidden_layers)  # from the weights present
+        config.num_mtp_layers = depth
+        with _quiet_unexpected_keys(depth):
+            model = DeepseekV3ForCausalLM.from_pretrained(path, config=config, dtype=dtype or "auto",
+                                                          local_files_only=True)
+        if depth:
+            load_mtp_weights(attach_mtp(model, depth), path)
+    except (OSError, ValueError, RuntimeError) as err:
         raise ReasonerError(f"{path}: could not load the checkpoint: {err}") from None
     tokenizer = load_tokenizer(path) if (path / "tokenizer_config.json").exists() else load_tokenizer("builtin")
     return (model.to(device) if device else model), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_unexpected_keys(depth: int):
+    """transformers reports the MTP layers' weights as unused (load_mtp_weights loads them next)."""
+    if not depth:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def read_run_metadata(path: str | Path) -> dict[str, Any]:
@@ -194,7 +223,9 @@ def _fsync_tree(directory: Path) -> None:
 def model_config(source: str | Path) -> DeepseekV3Config:
     """The config alone (no weights), from a model YAML or name or a checkpoint directory."""
     if is_checkpoint(source):
-        return DeepseekV3Config.from_pretrained(source, local_files_only=True)
+        config = DeepseekV3Config.from_pretrained(source, local_files_only=True)
+        config.num_mtp_layers = checkpoint_mtp_depth(source, config.num_hidden_layers)
+        return config
     spec = ModelSpec.load(source)
     if "vocab_size" in spec.architecture:
         return spec.to_config()

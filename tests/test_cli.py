@@ -34,7 +34,7 @@ def test_each_subcommand_has_help(name, capsys):
 def test_info_prints_the_deepseek_v3_figures():
     result = reasoner("info", "deepseek-v3")
     assert result.returncode == 0, result.stderr
-    assert "671.03B total" in result.stdout and "36.63B activated" in result.stdout
+    assert "684.49B total" in result.stdout and "mtp" in result.stdout and "36.63B activated" in result.stdout
     for part in ("attention", "dense mlp", "shared experts", "routed experts", "embeddings"):
         assert part in result.stdout
 
