@@ -49,7 +49,15 @@ class Solution:
         return asdict(self)
 
     def __str__(self) -> str:
-        return self.answer if self.answer is not None else f"(no answer: {self.error})"
+        """`26  (verified)`; a multi-line answer (code) gets its status on a line of its own."""
+        if self.answer is None:
+            return f"(no answer: {self.error})  ({self.status})"
+        return f"{self.answer}{chr(10) if chr(10) in self.answer else '  '}({self.status})"
+
+    def __repr__(self) -> str:
+        return (f"Solution(answer={self.answer!r}, status={self.status!r}, verified={self.verified}, "
+                f"steps={len(self.steps)}, trace_id={self.trace_id!r}, elapsed_s={self.elapsed_s})")
+
 
 
 def default_checkpoint_path() -> Path:
@@ -91,11 +99,13 @@ class Reasoner:
 
     # ------------------------------------------------------------ solving
 
-    def solve(self, problem: str, *, task: str = "math", reference: str | None = None,
-              tests: list[str] | None = None, entry_point: str | None = None, run_id: str | None = None,
+    def solve(self, problem: str, *, task: str | None = None, reference: str | None = None,
+              tests: list[str] | str | None = None, entry_point: str | None = None, run_id: str | None = None,
               progress: Callable[[dict], None] | None = None, **options: Any) -> Solution:
         """Solve one problem. `reference`: a known answer to verify against (leave it out when
-        measuring); `tests`/`entry_point`: for code; `progress`: called with each progress event."""
+        measuring); `tests`/`entry_point`: for code (one test may be given as a string; tests imply
+        task='code'); `progress`: called with each progress event."""
+        task, reference, tests = _check_arguments(task, reference, tests, entry_point, run_id, progress)
         _check_problem(problem, task)
         opts = self.defaults.of(**{**self.defaults.to_dict(), **options})
         inputs = {"problem": problem.strip(), "task": task, "reference": reference, "tests": list(tests or ()),
@@ -182,9 +192,54 @@ class Reasoner:
         self.close()
 
 
+def _check_arguments(task, reference, tests, entry_point, run_id, progress) -> tuple[str, str | None, list[str]]:
+    """Reasoner.solve's arguments, checked before anything runs: (task, reference, tests)."""
+    if isinstance(tests, str):
+        tests = [tests]  # one test, not a sequence of one-character tests
+    elif tests is None:
+        tests = []
+    elif isinstance(tests, (list, tuple)):
+        tests = list(tests)
+    else:
+        raise ReasonerError(f"tests: expected a list of assert statements, got {type(tests).__name__}")
+    for i, test in enumerate(tests):
+        if not isinstance(test, str):
+            raise ReasonerError(f"tests[{i}]: expected an assert statement as text, got {type(test).__name__}")
+        _check_text(test, f"tests[{i}]")
+    if task is None:
+        task = "code" if tests else "math"
+    elif task == "math" and tests:
+        raise ReasonerError("tests are for code problems: pass task='code' (or leave task out)")
+    if isinstance(reference, (int, float)) and not isinstance(reference, bool):
+        reference = str(reference)
+    for name, value in (("reference", reference), ("entry_point", entry_point), ("run_id", run_id)):
+        if value is not None and not isinstance(value, str):
+            raise ReasonerError(f"{name}: expected text, got {type(value).__name__}")
+        if value is not None:
+            _check_text(value, name)
+    if entry_point and not all(part.isidentifier() for part in entry_point.split(".")):
+        raise ReasonerError(f"entry_point {entry_point!r}: expected a Python function name")
+    if run_id is not None and not run_id.strip():
+        raise ReasonerError("run_id is empty")
+    if progress is not None and not callable(progress):
+        raise ReasonerError(f"progress: expected a function, got {type(progress).__name__}")
+    return task, reference, tests
+
+
+def _check_text(text: str, what: str) -> None:
+    """Text that can be stored and sent on: lone surrogates (what Python makes of bytes that are not UTF-8,
+    in argv or a file read with surrogateescape) are rejected here rather than failing mid-run."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ReasonerError(f"{what} is not valid UTF-8 text: undecodable character {text[err.start]!r} at "
+                            f"position {err.start}") from None
+
+
 def _check_problem(problem: Any, task: str) -> None:
     if not isinstance(problem, str):
         raise ReasonerError(f"a problem is text, got {type(problem).__name__}")
+    _check_text(problem, "the problem")
     if not problem.strip():
         raise ReasonerError("the problem is empty")
     if len(problem) > MAX_PROBLEM_CHARS:

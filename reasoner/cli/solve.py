@@ -6,6 +6,18 @@ import sys
 
 DEFAULTS = {"samples": 4, "retries": 2, "temperature": 0.7, "max_tokens": 512, "time_budget": 300.0}
 
+# Exit codes, by the solution's status (also in --help).
+EXIT_ANSWERED = 0       # verified, or unverified (nothing could check it)
+EXIT_NO_ANSWER = 1      # failed or timed out without an answer
+EXIT_USER_ERROR = 2     # bad input or options (reasoner.cli.main)
+EXIT_REJECTED = 3       # an answer, but a check failed: the best remaining guess
+EXIT_CODES_HELP = ("exit codes:\n  0  answered: verified, or unverified (nothing could check it)\n"
+                   "  1  no answer (failed, or the time budget ran out)\n  2  bad input or options\n"
+                   "  3  an answer was found but a check rejected it (printed as the best remaining guess)\n"
+                   "  130 interrupted (resume with --resume RUN_ID)\n"
+                   "A trace store that cannot be written does not change the exit code: the answer is printed, "
+                   "then a warning.")
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -15,7 +27,7 @@ def add_parser(subparsers):
                     "after Ctrl-C, --resume RUN_ID continues it.",
         epilog="examples:\n  reasoner solve --model runs/demo/checkpoint '37+48*3-25*2+9'\n"
                "  reasoner solve --base-url http://127.0.0.1:8000/v1 --model tiny --samples 8 '12*7-5'\n"
-               "  reasoner solve --model ckpt --resume 3f2a...",
+               "  reasoner solve --model ckpt --resume 3f2a...\n\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("problem", nargs="?", help="the problem text; '-' reads it from stdin")
     source = parser.add_argument_group("model")
@@ -46,7 +58,6 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    import json
     import os
     import uuid
 
@@ -56,6 +67,15 @@ def run(args) -> int:
 
     hf_logging.disable_progress_bar()  # weight-loading bars would drown the progress lines
 
+    # Everything the user typed is checked before a model is loaded or a run is started.
+    problem = task = None
+    if not args.history and not args.resume:
+        from reasoner.api import _check_arguments, _check_problem
+
+        problem, task = _problem(args), _task(args)
+        task["task"], task["reference"], task["tests"] = _check_arguments(
+            task.get("task"), task.get("reference"), task.get("tests"), task.get("entry_point"), None, None)
+        _check_problem(problem, task["task"])
     options = {name: getattr(args, name) for name in (*DEFAULTS, "seed", "decompose", "verify")}
     common = {"checkpoints": args.checkpoints, "traces": args.traces, **options}
     if args.base_url:
@@ -65,28 +85,92 @@ def run(args) -> int:
         reasoner = Reasoner.from_pretrained(args.model, **common)
     with reasoner:
         if args.history:
-            for entry in reasoner.history(args.history):
+            for entry in _checkpoint_errors(reasoner, args.history, lambda: reasoner.history(args.history)):
                 print(f"{entry['step']:>4}  {entry['created']}  next: {', '.join(entry['next']) or '(done)'}")
             return 0
         report = None if args.quiet else print_progress
         run_id = args.resume or uuid.uuid4().hex
+        unsaved = None
         try:
             if args.resume:
-                solution = reasoner.resume(run_id, progress=report)
+                solution = _checkpoint_errors(reasoner, run_id, lambda: reasoner.resume(run_id, progress=report))
             else:
-                solution = reasoner.solve(_problem(args), run_id=run_id, progress=report, **_task(args))
+                solution = _checkpoint_errors(
+                    reasoner, run_id, lambda: reasoner.solve(problem, run_id=run_id, progress=report, **task))
         except KeyboardInterrupt:
             print(f"interrupted; continue with: reasoner solve --model {args.model} --resume {run_id}", file=sys.stderr)
             return 130
-    if args.json:
+        except _TraceNotSaved as err:  # the run finished; only its trace could not be written
+            solution, unsaved = err.solution, err.reason
+    print_solution(solution, as_json=args.json)
+    if unsaved:
+        print(f"warning: the answer above was not saved to the trace store: {unsaved}", file=sys.stderr)
+    return exit_code(solution)
+
+
+def exit_code(solution) -> int:
+    if solution.answer is None:
+        return EXIT_NO_ANSWER
+    return EXIT_REJECTED if solution.status == "rejected" else EXIT_ANSWERED
+
+
+def print_solution(solution, as_json: bool = False) -> None:
+    """The answer (or why there is none) with its status on stdout; the run's notes on stderr."""
+    import json
+
+    from reasoner.progress import printable
+
+    if as_json:
         print(json.dumps(solution.to_dict(), indent=2))
+        return
+    for event in solution.events:
+        print(printable(f"note: {event}"), file=sys.stderr)
+    mark = "verified" if solution.verified else solution.status
+    print(f"[{mark}] run {solution.run_id} ({solution.elapsed_s:.1f}s)", file=sys.stderr)
+    if solution.answer is None:
+        print(printable(f"no answer: {solution.error}  status: {solution.status}"))
     else:
-        for event in solution.events:
-            print(f"note: {event}", file=sys.stderr)
-        mark = "verified" if solution.verified else solution.status
-        print(f"[{mark}] run {solution.run_id} ({solution.elapsed_s:.1f}s)", file=sys.stderr)
-        print(solution.answer if solution.answer is not None else f"no answer: {solution.error}")
-    return 0 if solution.answer is not None else 1
+        print(printable(str(solution)))
+
+
+class _TraceNotSaved(Exception):
+    def __init__(self, solution, reason: str):
+        super().__init__(reason)
+        self.solution, self.reason = solution, reason
+
+
+def _checkpoint_errors(reasoner, run_id: str, call):
+    """Run `call`; an unusable checkpoint file is a user error, and a trace store that cannot be written
+    after the run finished still gives the solution (read back from the run's checkpoint)."""
+    import sqlite3
+    import time
+
+    from reasoner.errors import ReasonerError
+    from reasoner.traces.store import TraceStoreError
+
+    started = time.perf_counter()
+    try:
+        return call()
+    except TraceStoreError as err:
+        solution = _finished_solution(reasoner, run_id, time.perf_counter() - started)
+        if solution is None:
+            raise
+        raise _TraceNotSaved(solution, str(err)) from None
+    except sqlite3.Error as err:
+        raise ReasonerError(f"checkpoint file {reasoner.checkpoint_path}: {err}") from None
+    except OSError as err:
+        if not str(err.filename or "").startswith(str(reasoner.checkpoint_path.parent)):
+            raise
+        raise ReasonerError(f"checkpoint file {reasoner.checkpoint_path}: {err.strerror}") from None
+
+
+def _finished_solution(reasoner, run_id: str, elapsed: float):
+    from reasoner.api import _solution
+
+    state = reasoner.graph.get_state(reasoner._config(run_id)).values
+    if not state or state.get("status") is None:
+        return None
+    return _solution(state, run_id, elapsed)
 
 
 def _problem(args) -> str:
@@ -94,7 +178,16 @@ def _problem(args) -> str:
 
     if args.problem is None:
         raise ReasonerError("give a problem, '-' to read it from stdin, or --resume RUN_ID")
-    return sys.stdin.read() if args.problem == "-" else args.problem
+    if args.problem != "-":
+        return args.problem  # argv bytes that are not UTF-8 arrive as lone surrogates: Reasoner.solve rejects them
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ReasonerError(f"the problem on stdin is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                            f"{err.start})") from None
 
 
 def _task(args) -> dict:
@@ -103,12 +196,22 @@ def _task(args) -> dict:
     from reasoner.errors import ReasonerError
 
     if not args.code_tests:
+        if args.entry_point:
+            raise ReasonerError("--entry-point is for code problems: give the tests with --code-tests FILE")
         return {"reference": args.reference}
     path = Path(args.code_tests)
     if not path.is_file():
         raise ReasonerError(f"--code-tests {path}: file not found")
-    tests = [line for line in path.read_text().splitlines() if line.strip()]
-    return {"task": "code", "tests": tests, "entry_point": args.entry_point}
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ReasonerError(f"--code-tests {path}: not UTF-8 text (offset {err.start})") from None
+    except OSError as err:
+        raise ReasonerError(f"--code-tests {path}: {err.strerror}") from None
+    tests = [line for line in text.splitlines() if line.strip()]
+    if not tests:
+        raise ReasonerError(f"--code-tests {path}: no tests in the file (one assert statement per line)")
+    return {"task": "code", "tests": tests, "entry_point": args.entry_point, "reference": args.reference}
 
 
 def print_progress(event: dict) -> None:

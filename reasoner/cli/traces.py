@@ -134,10 +134,10 @@ def filter_from_args(args: argparse.Namespace, ids: list[str] | None = None):
         limit=args.limit)
 
 
-def open_store(args: argparse.Namespace, *, create: bool = False):
+def open_store(args: argparse.Namespace, *, create: bool = False, read_only: bool = False):
     from reasoner.traces.store import TraceStore
 
-    return TraceStore.open(args.store, create=create)
+    return TraceStore.open(args.store, create=create, read_only=read_only)
 
 
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -162,7 +162,7 @@ DEFAULT_TABLE_ROWS = 100
 
 def run_list(args: argparse.Namespace) -> int:
     trace_filter = filter_from_args(args)
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         if args.json:
             print(_json([row.to_dict() for row in store.summaries(trace_filter)]))
             return 0
@@ -179,7 +179,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         trace = store.get(args.id)
     if args.json:
         print(_json(trace.to_dict()))
@@ -191,7 +191,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         a, b = store.get(args.a), store.get(args.b)
     from reasoner.traces.render import diff_view
 
@@ -206,7 +206,7 @@ def run_export(args: argparse.Namespace) -> int:
     if trace_filter.limit == 0:
         trace_filter.limit = None
     writer = {"html": exchange.write_html, "jsonl": exchange.write_jsonl, "otlp": exchange.write_otlp}[args.format]
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         traces = store.iter_traces(trace_filter)
         if args.output == "-":
             count = writer(traces, sys.stdout)

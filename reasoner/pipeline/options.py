@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 from reasoner.errors import ReasonerError
@@ -23,11 +24,21 @@ class SolveOptions:
     _LIMITS = {"samples": (1, 64), "retries": (0, 10), "temperature": (0.0, 2.0), "top_p": (1e-6, 1.0),
                "max_tokens": (1, 65536), "time_budget": (0.001, 86400.0)}
 
+    _INTEGERS = ("samples", "retries", "max_tokens")
+
     def __post_init__(self):
         for name, (low, high) in self._LIMITS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            if name in self._INTEGERS:
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                    raise ReasonerError(f"option {name}={value!r}: expected a whole number from {low} to {high}")
+                object.__setattr__(self, name, int(value))  # numpy integers too, stored as plain ints
+            elif isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high:
                 raise ReasonerError(f"option {name}={value!r}: expected a number from {low} to {high}")
+        if self.seed is not None:
+            if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+                raise ReasonerError(f"option seed={self.seed!r}: expected a whole number or none")
+            object.__setattr__(self, "seed", int(self.seed))
         for name in ("decompose", "verify"):
             if not isinstance(getattr(self, name), bool):
                 raise ReasonerError(f"option {name}={getattr(self, name)!r}: expected true or false")

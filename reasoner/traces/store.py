@@ -11,6 +11,7 @@ import os
 import re
 import sqlite3
 import threading
+import urllib.parse
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -213,6 +214,8 @@ def _explain(path: Path, err: sqlite3.Error) -> str:
         return f"{path} is not a reasoner trace store (not an SQLite database, or its header is corrupt)"
     if "malformed" in message or "corrupt" in message or "decode" in message:
         return f"{path} is corrupt ({message}); restore it from a copy or start a new store"
+    if "readonly" in message or "read-only" in message:
+        return f"{path} cannot be written (read-only file, folder or file system: {message})"
     if "locked" in message or "busy" in message:
         return f"{path} is locked by another writer for too long ({message}); try again"
     return f"{path}: {message}"
@@ -222,6 +225,8 @@ class TraceStore:
     """Open with TraceStore.open(path); safe to share between threads, and between processes
     (each opens its own TraceStore on the same file)."""
 
+    read_only = False
+
     def __init__(self, connection: sqlite3.Connection, path: Path):
         self._conn, self.path = connection, path
         self._lock = threading.RLock()
@@ -229,8 +234,12 @@ class TraceStore:
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, create: bool = True,
-             busy_timeout_s: float = 60.0) -> "TraceStore":
+             busy_timeout_s: float = 60.0, read_only: bool = False) -> "TraceStore":
+        """read_only: open with SQLite's `mode=ro` (never writes, so a 0444 file or a store in a read-only
+        folder can be listed, shown and exported); writing through such a store raises TraceStoreError."""
         path = resolve_store_path(path)
+        if read_only:
+            return cls._open_read_only(path, busy_timeout_s)
         if not path.exists():
             if not create:
                 raise TraceStoreError(f"no trace store at {path} (pass --store PATH or set REASONER_HOME)")
@@ -250,6 +259,44 @@ class TraceStore:
             conn.close()
             raise
         return store
+
+    @classmethod
+    def _open_read_only(cls, path: Path, busy_timeout_s: float) -> "TraceStore":
+        if not path.is_file():
+            raise TraceStoreError(f"no trace store at {path} (pass --store PATH or set REASONER_HOME)")
+        uri = "file:" + urllib.parse.quote(str(path.resolve()))
+        # A WAL store needs its -shm file; in a read-only folder SQLite cannot create it, and then the
+        # file can only be read as immutable (nobody can be writing it there either).
+        attempts = [f"{uri}?mode=ro"]
+        if not os.access(path.parent, os.W_OK) or not os.access(path, os.W_OK):
+            attempts.append(f"{uri}?mode=ro&immutable=1")
+        error = None
+        for target in attempts:
+            conn = None
+            try:
+                conn = sqlite3.connect(target, uri=True, timeout=busy_timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+                store = cls(conn, path)
+                store.read_only = True
+                with store._errors():
+                    store._check_read_only()
+                return store
+            except sqlite3.Error as err:
+                error = TraceStoreError(_explain(path, err))
+            except TraceStoreError as err:
+                error = err
+            if conn is not None:
+                conn.close()
+            if error is not None and "unable to open" not in str(error):
+                break
+        raise error
+
+    def _check_read_only(self) -> None:
+        if not self._is_ours():
+            raise TraceStoreError(f"{self.path} is empty: it holds no traces yet")
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > STORE_FORMAT:
+            raise TraceStoreError(f"{self.path} was written by a newer reasoner (store format {version})")
 
     def _prepare(self) -> None:
         if not self._is_ours():
@@ -293,6 +340,8 @@ class TraceStore:
         except sqlite3.IntegrityError as err:
             raise TraceStoreError(f"{self.path}: {err}") from None
         except sqlite3.Error as err:
+            if self.read_only and "readonly" in str(err):
+                raise TraceStoreError(f"{self.path} was opened read-only; it cannot be written") from None
             raise TraceStoreError(_explain(self.path, err)) from None
 
     @contextlib.contextmanager
