@@ -1,39 +1,182 @@
-"""Grading model-written code: pull the program out of a completion, run tests on it in the sandbox.
+"""Grading model-written code: pull the program out of a completion, run its functions in the sandbox,
+and decide in this (trusted) process whether the results are right.
 
-All tests run in one sandboxed process (one interpreter start per completion, not per test), each
-in its own try block. A passing test prints a random per-run token; a candidate that exits early
-(os._exit(0) before the tests) therefore scores 0 rather than full marks, and one that fails a test
-loses only that test.
+The candidate's program never sees an expected value, and nothing it does decides its score:
+it only answers calls. A test is graded in one of three ways, the first that applies:
+
+  parsed     `assert f(3) == 11`, `assert abs(candidate(x) - y) < 1e-6`, `assert not f([])`, ... and
+             HumanEval `check(candidate)` bodies made only of such asserts: each call of the
+             candidate's functions (a *hole*) is evaluated in the sandbox, its result comes back as
+             plain data (reasoner.verify.plain: builtin types only, so an always-equal object cannot
+             cross), and the rest of the assert is evaluated here on plain values by a small
+             evaluator (literals, arithmetic, comparisons, a few pure builtins and math functions).
+  recorded   HumanEval checks with loops and helpers: the calls and the canonical solution's results,
+             recorded once in the sandbox and shipped in humaneval_expected.json
+             (`python -m reasoner.verify.humaneval_cache` rebuilds it); the candidate's result for
+             each recorded call must equal the canonical one.
+  judged     anything else: the test runs in a second, trusted interpreter inside the same sandbox
+             (sandbox.run_python(judge=...)), started before the candidate, untraceable, and the
+             only holder of the verdict pipe; the candidate's functions are reached from it by
+             message, plain data both ways.
+
+All of a completion's tests run in one sandboxed process (one interpreter start per completion); a
+test that raises, hangs or returns something unserialisable loses only itself (a hang also loses
+the tests after it, as it ends the run).
 """
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
+import json
+import math
 import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from reasoner.verify.answers import _last_answer_tag, _strip_thinking
+from reasoner.verify.plain import ENCODER_SOURCE, decode
 from reasoner.verify.sandbox import ExecResult, run_many
 
 _PYTHON_TAGS = {"python", "py", "python3"}
-_OUTPUT_BYTES = 256 * 1024  # room for the pass markers after whatever the candidate prints
+_OUTPUT_BYTES = 1 << 20  # room for the results after whatever the candidate prints
+_CACHE_FILE = Path(__file__).with_name("humaneval_expected.json")
+
+# ---------------------------------------------------------------- the candidate's side
 
 _HARNESS = '''
 
-def _reasoner_run_tests(tests, token):
-    import sys
-    for index, test in enumerate(tests):
+def _reasoner_answer(holes, token, aliases, _print=print, _eval=eval, _dict=dict, _type=type):
+    import os, sys
+    {encoder}
+    names = _dict(globals())
+    for alias, target in aliases:
+        if target in names:
+            names[alias] = names[target]
+    for index, source in enumerate(holes):
         try:
-            exec(compile(test, f"<test {{index}}>", "exec"), dict(globals()))
+            line = "ok:" + encode(_eval(source, names))
         except BaseException as error:
-            try:
-                print(f"test {{index}} failed: {{type(error).__name__}}: {{error}}"[:500], file=sys.stderr)
-            except BaseException:
-                pass
-        else:
-            print(f"\\n{{token}}:{{index}}", flush=True)
+            line = "err:" + _type(error).__name__
+        _print(f"\\n{{token}}:{{index}}:{{line}}", flush=True)
+    channel = os.environ.get("REASONER_RPC")
+    if not channel:
+        return
+    reading, writing = (int(fd) for fd in channel.split(","))
+    inbox = os.fdopen(reading, "rb")
+    literals = {{"__builtins__": {{}}, "float": float, "set": set, "frozenset": frozenset, "complex": complex}}
+    for request in inbox:
+        op, name, *rest = request.decode().rstrip("\\n").split("\\t")
+        try:
+            if op == "get":
+                value = names[name]
+                reply = "fn" if callable(value) else "ok\\t" + encode(value)
+            else:
+                args, kwargs = _eval(rest[0], literals), _eval(rest[1], literals)
+                reply = "ok\\t" + encode(names[name](*args, **kwargs))
+        except BaseException as error:
+            reply = "err\\t" + _type(error).__name__
+        data = (reply.replace("\\n", " ") + "\\n").encode()
+        while data:
+            data = data[os.write(writing, data):]
 
 
-_reasoner_run_tests({tests!r}, {token!r})
+_reasoner_answer({holes!r}, {token!r}, {aliases!r})
 '''
+
+# ---------------------------------------------------------------- the judge (trusted, in the sandbox)
+
+_JUDGE = '''
+import ast, builtins, os
+
+{encoder}
+{decoder}
+
+class RemoteError(Exception):
+    pass
+
+
+_pending = b""
+
+
+def _exchange(line):
+    global _pending
+    data = (line + "\\n").encode()
+    while data:
+        data = data[os.write(_REQUEST_FD, data):]
+    while b"\\n" not in _pending:
+        chunk = os.read(_RESPONSE_FD, 1 << 16)
+        if not chunk:
+            raise RemoteError("the program is gone")
+        _pending += chunk
+    reply, _, _pending = _pending.partition(b"\\n")
+    return reply.decode()
+
+
+class Remote:
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        reply = _exchange(f"call\\t{{self.name}}\\t{{encode(args)}}\\t{{encode(kwargs)}}")
+        if reply.startswith("ok\\t"):
+            return decode(reply[3:])
+        raise RemoteError(reply)
+
+    def __repr__(self):
+        return f"<the program's {{self.name}}>"
+
+
+def _bound(name):
+    reply = _exchange(f"get\\t{{name}}")
+    if reply == "fn":
+        return Remote(name)
+    if reply.startswith("ok\\t"):
+        return decode(reply[3:])
+    raise NameError(name)
+
+
+def _free_names(tree):
+    loaded, defined = set(), set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else defined).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.alias):
+            defined.add((node.asname or node.name).split(".")[0])
+    return sorted(loaded - defined)
+
+
+def _judge(index, source, entry, prelude):
+    names = {{"__name__": "__test__", "__builtins__": builtins}}
+    if prelude:
+        exec(compile(prelude, "<prelude>", "exec"), names)
+    tree = ast.parse(source)
+    for name in _free_names(tree):
+        if name not in names:
+            try:
+                names[name] = _bound(name)
+            except NameError:
+                pass
+    exec(compile(tree, f"<test {{index}}>", "exec"), names)
+    if entry is not None:
+        names["check"](Remote(entry))
+
+
+for _index, _source, _entry, _prelude in {tests!r}:
+    try:
+        _judge(_index, _source, _entry, _prelude)
+    except BaseException as _error:
+        continue
+    os.write(_VERDICT_FD, f"{{_index}}\\n".encode())
+'''
+
+
+# ---------------------------------------------------------------- public API
 
 
 def extract_code(completion: str) -> str | None:
@@ -57,7 +200,7 @@ def check_code(
 ) -> float:
     """Fraction of tests the completion's program passes, for the code reward.
 
-    tests: assertion snippets run one by one, or a single string; a test that defines
+    tests: assertion snippets graded one by one, or a single string (one test); a test that defines
     `check(candidate)` (HumanEval style) is called with entry_point.
     """
     return check_code_many([completion], [tests], [entry_point], timeout)[0]
@@ -70,28 +213,457 @@ def check_code_many(
     timeout: float = 10.0,
 ) -> list[float]:
     """check_code over a batch, run in parallel on all cores."""
-    jobs = [_program(completion, test, entry) for completion, test, entry in zip(completions, tests, entry_points)]
+    jobs = [_job(completion, test, entry) for completion, test, entry in zip(completions, tests, entry_points)]
     runnable = [job for job in jobs if job is not None]
-    results = iter(run_many([program for program, _, _ in runnable], timeout, max_output_bytes=_OUTPUT_BYTES))
-    return [0.0 if job is None else _fraction_passed(next(results), *job[1:]) for job in jobs]
+    results = iter(run_many([job.program for job in runnable], timeout, judges=[job.judge for job in runnable],
+                            max_output_bytes=_OUTPUT_BYTES))
+    return [0.0 if job is None else job.score(next(results)) for job in jobs]
 
 
-def _program(completion: str, tests: str | Sequence[str], entry_point: str | None) -> tuple[str, str, int] | None:
+# ---------------------------------------------------------------- one completion's run
+
+
+@dataclass
+class _Job:
+    program: str
+    judge: str | None
+    token: str
+    plans: list  # one per test: _Parsed, _Recorded or _Judged
+    holes: list[str] = field(default_factory=list)
+
+    def score(self, result: ExecResult) -> float:
+        answers = _answers(result.stdout, self.token)
+        judged = {line.strip() for line in result.verdict.splitlines()}
+        passed = sum(bool(plan.passed(answers, judged)) for plan in self.plans)
+        return passed / len(self.plans)
+
+
+def _job(completion: str, tests: str | Sequence[str], entry_point: str | None) -> _Job | None:
     code = extract_code(completion)
     tests = [tests] if isinstance(tests, str) else list(tests)
     if not code or not tests:
         return None
-    tests = [_with_check_call(test, entry_point) for test in tests]
+    holes: list[str] = []
+    aliases: set[tuple[str, str]] = set()
+    plans, judged = [], []
+    for index, test in enumerate(tests):
+        plan = _plan(test, entry_point)
+        if isinstance(plan, _Judged):
+            plan.index = index
+            judged.append((index, test, plan.entry, plan.prelude))
+        else:
+            plan.first = len(holes)
+            holes.extend(plan.holes)
+            if plan.alias and entry_point:
+                aliases.add((plan.alias, entry_point))
+        plans.append(plan)
+    if entry_point:
+        aliases.add(("candidate", entry_point))
     token = secrets.token_hex(8)
-    return code + _HARNESS.format(tests=tests, token=token), token, len(tests)
+    program = code + _HARNESS.format(encoder=_indented(ENCODER_SOURCE, 4), holes=holes, token=token,
+                                     aliases=sorted(aliases))
+    judge = _JUDGE.format(encoder=ENCODER_SOURCE, decoder=_DECODER_SOURCE, tests=judged) if judged else None
+    return _Job(program, judge, token, plans, holes)
 
 
-def _with_check_call(test: str, entry_point: str | None) -> str:
+def _answers(stdout: str, token: str) -> dict[int, tuple[bool, object]]:
+    """Hole index -> (returned normally, plain value); the last line for an index counts."""
+    answers = {}
+    prefix = token + ":"
+    for line in stdout.splitlines():
+        if not line.startswith(prefix):
+            continue
+        index, _, rest = line[len(prefix):].partition(":")
+        status, _, payload = rest.partition(":")
+        if not index.isdigit():
+            continue
+        if status == "ok":
+            try:
+                answers[int(index)] = (True, decode(payload))
+            except ValueError:
+                answers[int(index)] = (False, None)
+        else:
+            answers[int(index)] = (False, None)
+    return answers
+
+
+def _indented(source: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "\n".join((pad + line if line.strip() else line) for line in source.splitlines()).lstrip()
+
+
+# ---------------------------------------------------------------- the three kinds of test
+
+
+@dataclass
+class _Parsed:
+    """Asserts over holes, evaluated here; all must hold."""
+    holes: list[str]
+    asserts: list[ast.expr]  # each hole replaced by Name(f"__hole_{n}")
+    alias: str | None = None  # the check's parameter name, bound to the entry point in the sandbox
+    first: int = 0
+
+    def passed(self, answers, judged) -> bool:
+        values = {}
+        for n in range(len(self.holes)):
+            ok, value = answers.get(self.first + n, (False, None))
+            if not ok:
+                return False
+            values[f"__hole_{n}"] = value
+        try:
+            return all(_evaluate(node, values) for node in self.asserts)
+        except Exception:
+            return False
+
+
+@dataclass
+class _Recorded:
+    """HumanEval calls with the canonical solution's results (the cache)."""
+    holes: list[str]
+    expected: list
+    tolerance: float | None = None
+    alias: str | None = "candidate"
+    first: int = 0
+
+    def passed(self, answers, judged) -> bool:
+        for n, expected in enumerate(self.expected):
+            ok, value = answers.get(self.first + n, (False, None))
+            if not ok or not _same(value, expected, self.tolerance):
+                return False
+        return True
+
+
+@dataclass
+class _Judged:
+    entry: str | None  # call check(<the program's entry point>) after the test's code
+    prelude: str | None = None  # trusted code run before the test in the judge (HumanEval helpers)
+    index: int = -1
+    holes: tuple = ()
+    alias: None = None
+
+    def passed(self, answers, judged) -> bool:
+        return str(self.index) in judged
+
+
+def _same(value, expected, tolerance) -> bool:
+    if tolerance is not None and type(value) in (int, float) and type(expected) in (int, float):
+        return abs(value - expected) <= tolerance
+    if tolerance is not None and type(value) is type(expected) and type(value) in (list, tuple):
+        return len(value) == len(expected) and all(_same(a, b, tolerance) for a, b in zip(value, expected))
+    return value == expected
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_cached(test: str, entry_point: str | None):
     if entry_point and "def check(" in test:
-        return f"{test}\n\ncheck({entry_point})\n"
-    return test
+        cached = _humaneval_cache().get(_digest(test))
+        if cached is not None and cached["entry_point"] == entry_point:
+            if cached["compare"] == "judge":
+                return ("judged", entry_point, cached["prelude"])
+            return ("recorded", [f"candidate(*{args}, **{kwargs})" for args, kwargs in cached["calls"]],
+                    [decode(value) for value in cached["expected"]], cached.get("tolerance"))
+        parsed = _parse_check(test)
+        return ("parsed", *parsed) if parsed else ("judged", entry_point, None)
+    parsed = _parse_asserts(test)
+    return ("parsed", *parsed, None) if parsed else ("judged", None, None)
 
 
-def _fraction_passed(result: ExecResult, token: str, total: int) -> float:
-    passed = {line for line in result.stdout.splitlines() if line.startswith(token + ":")}
-    return min(len(passed), total) / total
+def _plan(test: str, entry_point: str | None):
+    kind, *rest = _plan_cached(test, entry_point)
+    if kind == "parsed":
+        holes, asserts, alias = rest
+        return _Parsed(list(holes), list(asserts), alias)
+    if kind == "recorded":
+        holes, expected, tolerance = rest
+        return _Recorded(list(holes), expected, tolerance)
+    return _Judged(*rest)
+
+
+def _digest(test: str) -> str:
+    return hashlib.sha256(test.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _humaneval_cache() -> dict:
+    try:
+        return json.loads(_CACHE_FILE.read_text())["problems"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+# ---------------------------------------------------------------- parsing asserts into holes
+
+_SAFE_FUNCTIONS = {
+    "abs": abs, "len": len, "sorted": sorted, "set": set, "frozenset": frozenset, "list": list, "tuple": tuple,
+    "dict": dict, "str": str, "int": int, "float": float, "bool": bool, "round": round, "min": min, "max": max,
+    "sum": sum, "any": any, "all": all, "isinstance": isinstance, "type": type, "repr": repr, "complex": complex,
+    "bytes": bytes, "reversed": reversed, "enumerate": enumerate, "zip": zip, "range": range,
+}
+_SAFE_MATH = {name: getattr(math, name) for name in (
+    "isclose", "fabs", "sqrt", "floor", "ceil", "isnan", "isinf", "isfinite", "inf", "nan", "pi", "e", "log",
+    "exp", "trunc", "gcd", "comb", "factorial", "prod", "hypot", "copysign")}
+_NO_OPS = {"print", "pass"}
+_MAX_SIZE = 10_000_000
+
+
+def _parse_asserts(test: str, callee: str | None = None):
+    """(holes, asserts) when `test` is only asserts the evaluator can finish, else None.
+
+    callee: when set (a check's parameter), only calls of that name are holes; otherwise a call of
+    any name that is not one of the evaluator's builtins is the candidate's.
+    """
+    try:
+        tree = ast.parse(test)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    return _parse_statements(tree.body, callee)
+
+
+def _parse_statements(body: list[ast.stmt], callee: str | None):
+    holes: list[str] = []
+    asserts: list[ast.expr] = []
+    for statement in body:
+        if isinstance(statement, ast.Assert):
+            node = _with_holes(statement.test, holes, callee)
+            if node is None:
+                return None
+            asserts.append(node)
+        elif isinstance(statement, ast.Pass):
+            continue
+        elif isinstance(statement, ast.Expr) and (
+            isinstance(statement.value, ast.Constant)
+            or isinstance(statement.value, ast.Name) and statement.value.id in _NO_OPS
+        ):
+            continue  # a docstring, a bare `print`
+        elif isinstance(statement, ast.Import) and all(a.name == "math" and a.asname is None for a in statement.names):
+            continue
+        else:
+            return None
+    if not asserts:
+        return None
+    return tuple(holes), tuple(asserts)
+
+
+def _parse_check(test: str):
+    """(holes, asserts, parameter) for a HumanEval check made only of asserts, else None."""
+    try:
+        tree = ast.parse(test)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    checks = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "check"]
+    for node in tree.body:
+        if node in checks or isinstance(node, (ast.Pass, ast.Import)) and _only_math(node):
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets) \
+                and _is_literal(node.value):
+            continue  # METADATA = {...}
+        return None
+    if len(checks) != 1:
+        return None
+    check = checks[0]
+    arguments = check.args
+    if len(arguments.args) != 1 or arguments.vararg or arguments.kwarg or arguments.kwonlyargs or check.decorator_list:
+        return None
+    parameter = arguments.args[0].arg
+    parsed = _parse_statements(check.body, parameter)
+    return (*parsed, parameter) if parsed else None
+
+
+def _only_math(node: ast.stmt) -> bool:
+    return isinstance(node, ast.Pass) or all(a.name == "math" and a.asname is None for a in node.names)
+
+
+def _is_literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+        return True
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return False
+
+
+def _with_holes(node: ast.expr, holes: list[str], callee: str | None) -> ast.expr | None:
+    """A copy of node with the candidate's calls replaced by hole names, or None if it needs a judge."""
+    ok = True
+
+    class Holes(ast.NodeTransformer):
+        def visit_Call(self, call):
+            if _is_safe_function(call.func):
+                return self.generic_visit(call)
+            root = call.func
+            while isinstance(root, (ast.Attribute, ast.Call, ast.Subscript)):
+                root = root.func if isinstance(root, ast.Call) else root.value
+            if not isinstance(root, ast.Name) or (callee is not None and root.id != callee) \
+                    or (callee is None and root.id in _SAFE_FUNCTIONS):
+                nonlocal ok
+                ok = False
+                return call
+            holes.append(ast.unparse(call))
+            return ast.copy_location(ast.Name(id=f"__hole_{len(holes) - 1}", ctx=ast.Load()), call)
+
+    try:
+        new = Holes().visit(ast.parse(ast.unparse(node), mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    if not ok or not _evaluable(new):
+        return None
+    return new
+
+
+def _is_safe_function(func: ast.expr) -> bool:
+    if isinstance(func, ast.Name):
+        return func.id in _SAFE_FUNCTIONS
+    return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "math" \
+        and func.attr in _SAFE_MATH
+
+
+_EVALUABLE = (
+    ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Name, ast.Load, ast.UnaryOp, ast.BinOp, ast.BoolOp,
+    ast.Compare, ast.Call, ast.keyword, ast.Attribute, ast.Subscript, ast.Slice, ast.IfExp,
+    ast.operator, ast.unaryop, ast.boolop, ast.cmpop,
+)
+
+
+def _evaluable(node: ast.expr) -> bool:
+    for child in ast.walk(node):
+        if not isinstance(child, _EVALUABLE):
+            return False
+        if isinstance(child, ast.Name) and not (child.id.startswith("__hole_") or child.id in _SAFE_FUNCTIONS
+                                                 or child.id == "math"):
+            return False
+        if isinstance(child, ast.Attribute) and not (isinstance(child.value, ast.Name) and child.value.id == "math"
+                                                      and child.attr in _SAFE_MATH):
+            return False
+        if isinstance(child, ast.Call) and not _is_safe_function(child.func):
+            return False
+        if isinstance(child, (ast.List, ast.Tuple, ast.Set)) and any(isinstance(e, ast.Starred) for e in child.elts):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- evaluating asserts on plain values
+
+_BINARY = {
+    ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b, ast.FloorDiv: lambda a, b: a // b, ast.Mod: lambda a, b: a % b,
+    ast.Pow: lambda a, b: a ** b, ast.BitAnd: lambda a, b: a & b, ast.BitOr: lambda a, b: a | b,
+    ast.BitXor: lambda a, b: a ^ b, ast.LShift: lambda a, b: a << b, ast.RShift: lambda a, b: a >> b,
+}
+_COMPARE = {
+    ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.Lt: lambda a, b: a < b,
+    ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
+    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+    ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b,
+}
+
+
+def _evaluate(node: ast.expr, holes: dict):
+    """The value of an assert's expression; only plain builtin values ever reach an operator."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in holes:
+            return holes[node.id]
+        if node.id == "math":
+            raise ValueError("bare math")
+        return _SAFE_FUNCTIONS[node.id]
+    if isinstance(node, ast.Attribute):
+        return _SAFE_MATH[node.attr]
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [_evaluate(item, holes) for item in node.elts]
+        return list(items) if isinstance(node, ast.List) else tuple(items) if isinstance(node, ast.Tuple) else set(items)
+    if isinstance(node, ast.Dict):
+        return {_evaluate(k, holes): _evaluate(v, holes) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.UnaryOp):
+        operand = _evaluate(node.operand, holes)
+        if isinstance(node.op, ast.Not):
+            return not operand
+        return {ast.USub: lambda v: -v, ast.UAdd: lambda v: +v, ast.Invert: lambda v: ~v}[type(node.op)](operand)
+    if isinstance(node, ast.BinOp):
+        left, right = _evaluate(node.left, holes), _evaluate(node.right, holes)
+        _guard_size(node.op, left, right)
+        return _BINARY[type(node.op)](left, right)
+    if isinstance(node, ast.BoolOp):
+        value = None
+        for item in node.values:
+            value = _evaluate(item, holes)
+            if isinstance(node.op, ast.And) and not value or isinstance(node.op, ast.Or) and value:
+                return value
+        return value
+    if isinstance(node, ast.Compare):
+        left = _evaluate(node.left, holes)
+        for op, comparator in zip(node.ops, node.comparators):
+            right = _evaluate(comparator, holes)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.IfExp):
+        return _evaluate(node.body if _evaluate(node.test, holes) else node.orelse, holes)
+    if isinstance(node, ast.Subscript):
+        return _evaluate(node.value, holes)[_evaluate(node.slice, holes)]
+    if isinstance(node, ast.Slice):
+        return slice(*(None if part is None else _evaluate(part, holes) for part in (node.lower, node.upper, node.step)))
+    if isinstance(node, ast.Call):
+        function = _evaluate(node.func, holes)
+        args = [_evaluate(arg, holes) for arg in node.args]
+        kwargs = {keyword.arg: _evaluate(keyword.value, holes) for keyword in node.keywords}
+        if any(callable(arg) and arg not in _SAFE_FUNCTIONS.values() for arg in (*args, *kwargs.values())):
+            raise ValueError("a function as an argument")
+        if function is range and any(isinstance(a, int) and abs(a) > _MAX_SIZE for a in args):
+            raise ValueError("range too large")
+        return function(*args, **kwargs)
+    raise ValueError(f"cannot evaluate {type(node).__name__}")
+
+
+def _guard_size(op: ast.operator, left, right) -> None:
+    """Keeps a test's constant expression from eating this process's memory (e.g. [0] * 10**10)."""
+    if isinstance(op, ast.Pow) and isinstance(right, int) and isinstance(left, int) and abs(left) > 1 \
+            and right * max(abs(left).bit_length(), 1) > 1_000_000:
+        raise ValueError("power too large")
+    if isinstance(op, ast.LShift) and isinstance(right, int) and right > 1_000_000:
+        raise ValueError("shift too large")
+    if isinstance(op, ast.Mult):
+        for sequence, count in ((left, right), (right, left)):
+            if isinstance(sequence, (str, bytes, list, tuple)) and isinstance(count, int) \
+                    and len(sequence) * count > _MAX_SIZE:
+                raise ValueError("repetition too large")
+
+
+# The judge decodes the program's replies with the same literal grammar as this process.
+_DECODER_SOURCE = '''
+_SCALARS = (int, float, complex, str, bytes, bool, type(None))
+
+
+def _plain(node):
+    if isinstance(node, ast.Constant) and type(node.value) in _SCALARS:
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        operand = _plain(node.operand)
+        if type(operand) not in (int, float, complex):
+            raise ValueError("sign")
+        return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.List):
+        return [_plain(item) for item in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_plain(item) for item in node.elts)
+    if isinstance(node, ast.Set):
+        return {_plain(item) for item in node.elts}
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_plain(key): _plain(value) for key, value in zip(node.keys, node.values)}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+        name, args = node.func.id, node.args
+        if name == "float" and len(args) == 1 and isinstance(args[0], ast.Constant) and type(args[0].value) is str:
+            return float(args[0].value)
+        if name in ("set", "frozenset") and len(args) <= 1:
+            items = _plain(args[0]) if args else ()
+            return set(items) if name == "set" else frozenset(items)
+        if name == "complex" and len(args) == 2:
+            return complex(_plain(args[0]), _plain(args[1]))
+    raise ValueError("not plain data")
+
+
+def decode(text):
+    return _plain(ast.parse(text.strip(), mode="eval").body)
+'''

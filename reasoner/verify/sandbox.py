@@ -1,13 +1,20 @@
 """Runs untrusted Python (model-written code) in a throwaway, resource-limited process tree.
 
 Layers, strongest available first (probed once per process, recorded in ExecResult.isolation):
-  netns+pidns+mountns+uid     as root: `unshare` gives no network, a PID namespace whose PID 1
-                              (_sandbox_init.py) takes every descendant down with it, tmpfs over
-                              /tmp, /var/tmp and /dev/shm; the program runs as an unprivileged uid
-                              leased for this run only, so it can write only its own directory
-                              and signal only its own processes.
-  userns+netns+pidns+mountns  not root but user namespaces allowed: the same without the uid drop.
+  netns+ipcns+pidns+mountns+uid     as root: `unshare` gives no network, a private System V IPC
+                              namespace (shared memory, semaphores and message queues die with the
+                              run), a PID namespace whose PID 1 (_sandbox_init.py) takes every
+                              descendant down with it, fresh tmpfs over /tmp, /var/tmp, /dev/shm and
+                              /run, and empty directories in place of the project tree, its
+                              ../shared and the home directories (/root, /home); only the
+                              interpreter's own directories are mounted back. The program runs as an
+                              unprivileged uid leased for this run only, so it can write only its
+                              own directory and signal only its own processes.
+  userns+netns+ipcns+pidns+mountns  not root but user namespaces allowed: the same without the uid drop.
   uid+rlimits / rlimits       no usable `unshare`: no network isolation, best-effort cleanup.
+A run may come with a judge program (run_python(..., judge=...)): trusted code, started before the
+program in a process of its own that cannot be traced, and the only holder of the verdict pipe
+(ExecResult.verdict). It calls the program's functions by message (plain data both ways).
 Always: python -I, a minimal environment, a fresh working directory, rlimits on CPU time, address
 space, file size, process count and core dumps, and a wall-clock kill of the whole tree. Output
 goes to files (not pipes) so a flood costs the caller neither memory nor a blocked child; only a
@@ -36,6 +43,18 @@ from typing import Iterator, Sequence
 _INIT = Path(__file__).with_name("_sandbox_init.py")
 _UID_BASE, _UID_COUNT = 61000, 256  # unused by Debian-family systems (system range ends at 999)
 _UID_LOCK_DIR = Path(tempfile.gettempdir()) / "reasoner-sandbox-uids"
+
+
+def _hidden_directories() -> list[str]:
+    """What a program must not see: the project tree (when we run from a checkout), ../shared, homes."""
+    hidden = ["/root", "/home"]
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").is_file() and (repo / "reasoner").is_dir():
+        hidden += [str(repo), str(repo.parent / "shared")]
+    return [path for path in hidden if os.path.isdir(path) and path != "/"]
+
+
+_HIDDEN = _hidden_directories()
 _SITE_PACKAGES = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
 _ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -57,6 +76,7 @@ class ExecResult:
     stderr: str
     duration_s: float
     isolation: str  # which layers protected this run (see module docstring)
+    verdict: str = ""  # what the judge wrote to its own pipe (runs with a judge only)
 
 
 @dataclass(frozen=True)
@@ -75,24 +95,42 @@ def run_python(
     file_mb: int = 16,
     max_processes: int = 64,
     max_output_bytes: int = 64 * 1024,
+    judge: str | None = None,
 ) -> ExecResult:
-    """Runs program as a Python script in the sandbox; never raises for anything the program does."""
-    return _execute(_isolation(), program, timeout, memory_mb, file_mb, max_processes, max_output_bytes)
+    """Runs program as a Python script in the sandbox; never raises for anything the program does.
+
+    judge: trusted Python run beside the program (see the module docstring); its verdict pipe is
+    open as `_VERDICT_FD`, and `_REQUEST_FD` / `_RESPONSE_FD` lead to the program, which finds
+    its ends in the environment variable REASONER_RPC ("read_fd,write_fd").
+    """
+    return _execute(_isolation(), program, timeout, memory_mb, file_mb, max_processes, max_output_bytes, judge)
 
 
-def run_many(programs: Sequence[str], timeout: float = 10.0, *, workers: int | None = None, **limits) -> list[ExecResult]:
+def run_many(
+    programs: Sequence[str],
+    timeout: float = 10.0,
+    *,
+    workers: int | None = None,
+    judges: Sequence[str | None] | None = None,
+    **limits,
+) -> list[ExecResult]:
     """run_python over many programs, in parallel on all cores; results in input order."""
     _isolation()  # probe once up front rather than in every thread at the same time
+    judges = list(judges) if judges is not None else [None] * len(programs)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda program: run_python(program, timeout, **limits), programs))
+        return list(pool.map(lambda job: run_python(job[0], timeout, judge=job[1], **limits), zip(programs, judges)))
 
 
-def _execute(isolation, program, timeout, memory_mb, file_mb, max_processes, max_output_bytes) -> ExecResult:
+def _execute(isolation, program, timeout, memory_mb, file_mb, max_processes, max_output_bytes, judge=None) -> ExecResult:
     with tempfile.TemporaryDirectory(prefix="reasoner-sandbox-", ignore_cleanup_errors=True) as rundir, _uid_lease(
         isolation.drop_uid
     ) as uid:
         run = Path(rundir)
         (run / "main.py").write_text(program, encoding="utf-8", errors="surrogatepass")
+        if judge is not None:  # readable by us only: the sandbox uid never sees the tests
+            handle = os.open(run / "judge.py", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(handle, "w", encoding="utf-8", errors="surrogatepass") as file:
+                file.write(judge)
         (run / "work").mkdir()
         run.chmod(0o711)  # the sandbox uid must reach work/, but not read the program's verdict files
         config = {
@@ -102,10 +140,12 @@ def _execute(isolation, program, timeout, memory_mb, file_mb, max_processes, max
             "private_mounts": int(isolation.private_mounts),
             "wall_s": timeout + 1.0,
             "site_packages": os.pathsep.join(_SITE_PACKAGES),
+            "hide": os.pathsep.join(_HIDDEN),
+            "judge": run / "judge.py" if judge is not None else "",
             "limits": _limits(timeout, memory_mb, file_mb, max_processes, uid is not None),
         }
         start = time.monotonic()
-        returncode, timed_out = _spawn_and_wait(isolation, config, run, timeout)
+        returncode, timed_out, verdict = _spawn_and_wait(isolation, config, run, timeout)
         duration = time.monotonic() - start
         if not isolation.private_mounts and uid is not None:
             _kill_processes_of(uid)  # no PID namespace to do it for us
@@ -117,6 +157,7 @@ def _execute(isolation, program, timeout, memory_mb, file_mb, max_processes, max
             stderr=_read_capped(run / "stderr", max_output_bytes),
             duration_s=duration,
             isolation=isolation.name,
+            verdict=verdict,
         )
 
 
@@ -127,27 +168,52 @@ def _limits(timeout: float, memory_mb: int, file_mb: int, max_processes: int, ow
     return f"cpu:{cpu_s},as:{memory_mb << 20},fsize:{file_mb << 20},nproc:{nproc},core:0"
 
 
-def _spawn_and_wait(isolation: _Isolation, config: dict, run: Path, timeout: float) -> tuple[int | None, bool]:
+def _spawn_and_wait(isolation: _Isolation, config: dict, run: Path, timeout: float) -> tuple[int | None, bool, str]:
     status_read, status_write = os.pipe()
+    verdict_read, verdict_write = os.pipe()
     config["status_fd"] = status_write
+    config["verdict_fd"] = verdict_write
     arguments = [f"{key}={value}" for key, value in config.items()]
     command = [*isolation.command_prefix, sys.executable, "-I", "-S", str(_INIT), *arguments]
+    verdict = bytearray()
+    reader = None
     try:
         with open(run / "stdout", "wb") as stdout, open(run / "stderr", "wb") as stderr:
             proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=run, env=_ENV,
                 start_new_session=True,  # its own group, away from our terminal's signals, killable at once
-                pass_fds=(status_write,),
+                pass_fds=(status_write, verdict_write),
             )
         os.close(status_write)
-        status_write = None
+        os.close(verdict_write)
+        status_write = verdict_write = None
+        if config["judge"]:  # drain as it comes, so a talkative judge never blocks on a full pipe
+            reader = threading.Thread(target=_drain, args=(verdict_read, verdict), daemon=True)
+            reader.start()
         timed_out = _wait(proc, timeout)
         status = os.read(status_read, 64)
-        return (int(status) if status and not timed_out else None), timed_out
+        if reader is not None:
+            reader.join(5)
+        return (int(status) if status and not timed_out else None), timed_out, verdict.decode("utf-8", "replace")
     finally:
         os.close(status_read)
-        if status_write is not None:
-            os.close(status_write)
+        if reader is None or not reader.is_alive():
+            os.close(verdict_read)
+        for fd in (status_write, verdict_write):
+            if fd is not None:
+                os.close(fd)
+
+
+def _drain(fd: int, into: bytearray, cap: int = 1 << 20) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        if len(into) < cap:
+            into += chunk
 
 
 def _exited_within(proc: subprocess.Popen, timeout: float) -> bool:
@@ -281,13 +347,13 @@ def _isolation() -> _Isolation:
 
 def _candidates() -> list[_Isolation]:
     unshare = shutil.which("unshare")
-    namespaces = ("--net", "--pid", "--mount", "--fork", "--kill-child")
+    namespaces = ("--net", "--ipc", "--pid", "--mount", "--fork", "--kill-child")
     is_root = os.geteuid() == 0
     candidates = []
     if unshare and is_root:
-        candidates.append(_Isolation("netns+pidns+mountns+uid", (unshare, *namespaces), True, True))
+        candidates.append(_Isolation("netns+ipcns+pidns+mountns+uid", (unshare, *namespaces), True, True))
     if unshare and not is_root:
-        candidates.append(_Isolation("userns+netns+pidns+mountns", (unshare, "--user", "--map-root-user", *namespaces), False, True))
+        candidates.append(_Isolation("userns+netns+ipcns+pidns+mountns", (unshare, "--user", "--map-root-user", *namespaces), False, True))
     if is_root:
         candidates.append(_Isolation("uid+rlimits", (), True, False))
     candidates.append(_Isolation("rlimits", (), False, False))
