@@ -145,3 +145,105 @@ def test_info_counts_the_published_mtp_module():
     assert counts["all"]["total"] == pytest.approx(685e9, rel=0.002)
     assert counts["mtp"]["total"] == pytest.approx(14e9, rel=0.05)
     assert counts["all"]["active"] == pytest.approx(36.6e9, rel=0.01)
+
+
+# ------------------------------------------------------------------------------------ speculative decoding
+from reasoner.rollout import RolloutEngine  # noqa: E402
+
+PROMPTS = ["What is 2+3?", "Compute 12*7, then add 5 to it.", "9-4", "7"]
+
+
+def prompt_ids(tok, texts=PROMPTS):
+    return [tok(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def bigram_model(oracle_draft: bool, sharpen: float = 8.0):
+    """Main model whose logits at slot i depend on token i only (attention and MLP outputs zeroed), so
+    next-next-token probabilities are exact to compute. With oracle_draft the MTP block is the identity on
+    the embedding, so it drafts from exactly the distribution the main model verifies with."""
+    model, tok = load_model("tiny")
+    attach_mtp(model, 1)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            mlp = layer.mlp
+            if hasattr(mlp, "experts"):
+                mlp.experts.down_proj.zero_()
+                mlp.shared_experts.down_proj.weight.zero_()
+            else:
+                mlp.down_proj.weight.zero_()
+        layer = mtp_layers(model)[0]
+        if oracle_draft:
+            H = model.config.hidden_size
+            layer.eh_proj.weight.copy_(torch.cat((torch.eye(H), torch.zeros(H, H)), dim=1))
+            layer.shared_head.norm.weight.copy_(model.model.norm.weight)
+        else:
+            layer.eh_proj.weight.normal_(std=0.3)
+    return model.eval(), tok
+
+
+def transition(model) -> torch.Tensor:
+    """M[a, b] = p(next = b | current = a) of a bigram_model at temperature 1."""
+    with torch.no_grad():
+        vocab = torch.arange(model.config.vocab_size)
+        emb = model.model.embed_tokens(vocab)
+        return torch.softmax(model.lm_head(model.model.norm(emb)).float(), dim=-1)
+
+
+def test_greedy_speculative_is_token_for_token_the_plain_engine(tiny_mtp):
+    model, tok = tiny_mtp  # random MTP: almost every draft is rejected
+    ids = prompt_ids(tok)
+    for m in (model, bigram_model(True)[0]):  # ... and a draft that is almost always right
+        engine = RolloutEngine(m, tok)
+        plain = engine.generate(ids, 24, temperature=0.0, speculative=False, return_logits=True, ignore_eos=True)
+        spec = engine.generate(ids, 24, temperature=0.0, speculative=True, return_logits=True, ignore_eos=True)
+        for a, b in zip(plain, spec):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=1e-4)
+    assert engine.acceptance_rate > 0.9
+
+
+def test_speculative_eos_stop_strings_and_samples_match_the_plain_engine(tiny_mtp):
+    model, tok = tiny_mtp
+    ids = prompt_ids(tok)
+    engine = RolloutEngine(model, tok)
+    free = engine.generate(ids, 20, temperature=0.0, speculative=False, ignore_eos=True)
+    eos = free[1].token_ids[5]
+    stop = free[0].text[4:6]
+    for kwargs in ({"stop_strings": [stop]}, {}):
+        e = RolloutEngine(model, tok, eos_token_ids=[eos])
+        a = e.generate(ids, 20, temperature=0.0, speculative=False, num_samples=2, **kwargs)
+        b = e.generate(ids, 20, temperature=0.0, speculative=True, num_samples=2, **kwargs)
+        assert [(c.token_ids, c.text, c.finish_reason, c.prompt_index, c.sample_index) for c in a] == \
+               [(c.token_ids, c.text, c.finish_reason, c.prompt_index, c.sample_index) for c in b]
+        assert {c.finish_reason for c in b} >= {"eos"} | ({"stop"} if kwargs else set())
+
+
+@pytest.mark.parametrize("oracle", [True, False])
+def test_sampled_speculative_tokens_follow_the_target_distribution(oracle):
+    """Chi-square test of the marginals of tokens 2..4 against the exact bigram chain."""
+    model, tok = bigram_model(oracle, sharpen=4.0)
+    M = transition(model)
+    prompt = prompt_ids(tok, ["3+4="])[0]
+    n = 4000
+    engine = RolloutEngine(model, tok, max_batch_size=n)
+    out = engine.generate([prompt], 4, temperature=1.0, num_samples=n, seed=7, ignore_eos=True, speculative=True)
+    rate = engine.acceptance_rate
+    assert (rate > 0.9) if oracle else (0.05 < rate < 0.9)  # both the accept and the reject branch run
+    p = M[prompt[-1]]
+    tokens = torch.tensor([c.token_ids for c in out])
+    for i in range(1, 4):
+        p = p @ M
+        observed = torch.bincount(tokens[:, i], minlength=len(p)).double()
+        expected = p.double() * n
+        keep = expected >= 5  # pool the rare tokens into one cell
+        obs = torch.cat((observed[keep], observed[~keep].sum()[None]))
+        exp = torch.cat((expected[keep], expected[~keep].sum()[None]))
+        chi2 = float(((obs - exp) ** 2 / exp.clamp(min=1e-9)).sum())
+        df = len(obs) - 1
+        assert chi2 < df + 4.0 * (2 * df) ** 0.5, (i, chi2, df)  # ~ the 99.9th percentile
+    assert all(c.logprobs[1] == pytest.approx(float(torch.log(M[c.token_ids[0], c.token_ids[1]])), abs=1e-4)
+               for c in out[:50])

@@ -28,6 +28,7 @@ de-interleaving the rope key once, before it is cached; this is the same arithme
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -62,6 +63,17 @@ class _Layer:
         self.ln1_w, self.ln1_eps = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.ln2_w, self.ln2_eps = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
         self.wq_abs = self.wo_abs = None
+
+
+class _MTPRefs:
+    """References into the MTP depth-1 layer: its block plus enorm, hnorm, eh_proj and shared_head.norm."""
+
+    def __init__(self, layer):
+        self.layer = _Layer(layer)
+        self.enorm = (layer.enorm.weight, layer.enorm.variance_epsilon)
+        self.hnorm = (layer.hnorm.weight, layer.hnorm.variance_epsilon)
+        self.eh_proj = layer.eh_proj.weight
+        self.head_norm = (layer.shared_head.norm.weight, layer.shared_head.norm.variance_epsilon)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -108,6 +120,11 @@ class RolloutEngine:
         self.pad_token_id = int(pad_token_id if pad_token_id is not None else (self.eos_token_ids or [0])[0])
         inner = model.model
         self.layers = [_Layer(layer) for layer in inner.layers[: c.num_hidden_layers]]
+        # The first MTP depth (reasoner/mtp.py), if the model has one: the draft model of speculative decoding.
+        # Its attention is absorbed like the others' and caches at index len(self.layers).
+        extra = inner.layers[c.num_hidden_layers:]
+        self.mtp = _MTPRefs(extra[0]) if len(extra) else None
+        self._absorbed = self.layers + ([self.mtp.layer] if self.mtp else [])
         self._embed = inner.embed_tokens
         self._norm = inner.norm
         self._lm_head = model.lm_head
@@ -121,7 +138,8 @@ class RolloutEngine:
         self._signature = None
         self._cache: torch.Tensor | None = None  # [layers, batch, max_len, kv_rank + rope_dim]
         self._rope_tables: torch.Tensor | None = None
-        self.stats = {"prefill_rows": 0, "decode_steps": 0, "compactions": 0, "refreshes": 0}
+        self.stats = {"prefill_rows": 0, "decode_steps": 0, "compactions": 0, "refreshes": 0,
+                      "drafted": 0, "accepted": 0}
 
     # ----------------------------------------------------------------------------------------- weights
     def _resolve_eos(self, eos_token_ids, tokenizer) -> list[int]:
@@ -135,8 +153,13 @@ class RolloutEngine:
             return []
         return [int(eos_token_ids)] if isinstance(eos_token_ids, int) else [int(e) for e in eos_token_ids]
 
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Share of MTP drafts the main model accepted, over this engine's speculative decoding so far."""
+        return self.stats["accepted"] / self.stats["drafted"] if self.stats["drafted"] else None
+
     def _absorb_sources(self):
-        for layer in self.layers:
+        for layer in self._absorbed:
             a = layer.attn
             yield (a.q_proj if a.q_proj is not None else a.q_b_proj).weight
             yield a.kv_b_proj.weight
@@ -165,7 +188,7 @@ class RolloutEngine:
         `generate` calls this by itself whenever the source weights changed (version counter, storage or
         checksum differs); call it directly after an optimizer step to make the refresh explicit."""
         H, C, nope, v, R = self.num_heads, self.kv_rank, self.nope_dim, self.v_dim, self.rope_dim
-        for layer in self.layers:
+        for layer in self._absorbed:
             a = layer.attn
             wq = (a.q_proj if a.q_proj is not None else a.q_b_proj).weight
             dtype = wq.dtype
@@ -197,7 +220,7 @@ class RolloutEngine:
                 batch, length = max(batch, cache.shape[1]), max(length, cache.shape[2])
             length = -(-length // 64) * 64
             self._cache = None
-            self._cache = torch.zeros(len(self.layers), batch, length, self.kv_rank + self.rope_dim,
+            self._cache = torch.zeros(len(self._absorbed), batch, length, self.kv_rank + self.rope_dim,
                                       dtype=self.dtype, device=self.device)
         return self._cache
 
@@ -243,28 +266,52 @@ class RolloutEngine:
         out = torch.bmm(probs.view(B, S * H, -1), keys[..., :C])  # [B, S*H, C]
         return F.linear(out.view(B, S, H * C), layer.wo_abs, a.o_proj.bias)
 
-    def _forward(self, ids, freqs, mask, write) -> torch.Tensor:
-        """Hidden states after the final norm for the last position: [B, hidden]."""
+    def _block(self, layer: _Layer, li: int, x, freqs, mask, write) -> torch.Tensor:
+        h = _rms_norm(x, layer.ln1_w, layer.ln1_eps)
+        x = x + self._attention(layer, li, h, freqs, mask, write)
+        h = _rms_norm(x, layer.ln2_w, layer.ln2_eps)
+        return x + layer.mlp(h)  # the model's own MLP / MoE (router, experts, shared)
+
+    def _trunk(self, ids, freqs, mask, write) -> torch.Tensor:
+        """The residual stream after the last decoder layer (before the final norm): [B, S, hidden]."""
         x = self._embed(ids)
         for li, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.ln1_w, layer.ln1_eps)
-            x = x + self._attention(layer, li, h, freqs, mask, write)
-            h = _rms_norm(x, layer.ln2_w, layer.ln2_eps)
-            x = x + layer.mlp(h)  # the model's own MLP / MoE (router, experts, shared)
-        return self._lm_head(_rms_norm(x[:, -1], self._norm.weight, self._norm.variance_epsilon))
+            x = self._block(layer, li, x, freqs, mask, write)
+        return x
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return _rms_norm(x, self._norm.weight, self._norm.variance_epsilon)
+
+    def _forward(self, ids, freqs, mask, write) -> torch.Tensor:
+        """Logits for the last position: [B, vocab]."""
+        return self._lm_head(self._final_norm(self._trunk(ids, freqs, mask, write)[:, -1]))
+
+    def _mtp_forward(self, ids, hidden, freqs, mask, write) -> torch.Tensor:
+        """The MTP depth-1 block: token ids [B, S] (token i+1 at slot i) and the main model's normed hidden
+        state [B, S, H] at those slots -> its hidden state [B, S, H] (before shared_head.norm)."""
+        m = self.mtp
+        x = F.linear(torch.cat((_rms_norm(self._embed(ids), *m.enorm), _rms_norm(hidden, *m.hnorm)), dim=-1),
+                     m.eh_proj)
+        return self._block(m.layer, len(self.layers), x, freqs, mask, write)
+
+    def _mtp_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self._lm_head(_rms_norm(x, *self.mtp.head_norm))
 
     # ----------------------------------------------------------------------------------------- generate
     @torch.inference_mode()
     def generate(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_strings=(),
                  num_samples: int = 1, ignore_eos: bool = False, return_logits: bool = False,
-                 max_time: float | None = None) -> list[Completion]:
+                 max_time: float | None = None, speculative: bool | None = None) -> list[Completion]:
         """num_samples completions per prompt, prompt-major (p0s0, p0s1, ..., p1s0, ...).
 
         The num_samples completions of one prompt share one prefill (its latent cache rows are copied).
         temperature=0 is greedy. With return_logits, each Completion gets `.logits` ([steps, vocab] raw
         float32 logits of every step, as `model.generate(output_logits=True)` returns them).
         max_time (seconds, like generate's) ends decoding early; unfinished rows then report "length".
+        speculative (default: whenever the model has an MTP module) drafts with MTP and verifies in the same
+        forward (reasoner/rollout/speculative.py): greedy output is token for token the same, sampled output
+        follows the same distribution; `acceptance_rate` reports the share of drafts accepted.
         """
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
@@ -281,54 +328,77 @@ class RolloutEngine:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         per_chunk = max(1, self.max_batch_size // num_samples)
         deadline = None if max_time is None else time.perf_counter() + max_time
+        if speculative is None:
+            speculative = self.mtp is not None
+        if speculative and self.mtp is None:
+            raise ValueError("speculative decoding needs a model with an MTP module (num_nextn_predict_layers)")
+        run = self._generate_chunk
+        if speculative:
+            from reasoner.rollout.speculative import generate_chunk_speculative
+
+            run = functools.partial(generate_chunk_speculative, self)
         results: list[Completion] = []
         for start in range(0, len(prompt_ids), per_chunk):
             chunk = [list(map(int, p)) for p in prompt_ids[start:start + per_chunk]]
-            results += self._generate_chunk(chunk, start, num_samples, max_new_tokens, params, generator,
+            results += run(chunk, start, num_samples, max_new_tokens, params, generator,
                                             tuple(stop_strings), ignore_eos, return_logits, deadline)
         return results
 
-    def _generate_chunk(self, prompts, first_index, G, max_new, params, generator, stop_strings, ignore_eos,
-                        return_logits, deadline=None) -> list[Completion]:
-        dev = self.device
-        Np = len(prompts)
-        B = Np * G
-        lens = torch.tensor([len(p) for p in prompts], device=dev)
-        P = int(lens.max())
-        T = P + max_new
-        cache = self._ensure_cache(B, T)
-        rot = self._rope_table(T)
-        pad = P - lens  # left padding per prompt
-        ids = torch.full((Np, P), self.pad_token_id, dtype=torch.long)
+    def _prompt_batch(self, prompts, min_len: int = 1):
+        """Left-padded ids [Np, P] on the device and the padding per prompt."""
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        P = max(int(lens.max()), min_len)
+        ids = torch.full((len(prompts), P), self.pad_token_id, dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, P - len(p):] = torch.tensor(p)
-        ids = ids.to(dev)
-        rep = torch.arange(Np, device=dev).repeat_interleave(G)  # cache row -> prompt
+        return ids.to(self.device), P - lens
 
-        # ---- prefill (once per prompt), latent rows copied to each of its G samples. Prompts go through in
-        # groups small enough that the [prompts, P, heads, P] score tensor stays within prefill_budget elements.
-        ar = torch.arange(P, device=dev)
+    def _prefill_mask(self, pad: torch.Tensor, P: int) -> torch.Tensor:
+        """Additive causal mask over the prompts' own slots, left padding hidden: [prompts, P, 1, P]."""
+        ar = torch.arange(P, device=pad.device)
         causal = ar[None, :] <= ar[:, None]
-        eye = torch.eye(P, dtype=torch.bool, device=dev)  # pad queries see themselves: no all-masked rows
+        eye = torch.eye(P, dtype=torch.bool, device=pad.device)  # pad queries see themselves: no all-masked rows
+        allowed = (causal[None] & (ar[None, None, :] >= pad[:, None, None])) | eye[None]
+        mask = torch.zeros(len(pad), P, 1, P, dtype=torch.float32, device=pad.device)
+        return mask.masked_fill_(~allowed[:, :, None, :], float("-inf"))
+
+    def _prefill(self, ids, pad, G, cache, rot, keep_hidden: bool = False):
+        """Prefill once per prompt, latent rows copied to each of its G samples. Returns the last position's
+        logits [Np, vocab], or with keep_hidden the final-normed hidden states of every position [Np, P, H].
+
+        Prompts go through in groups small enough that the [prompts, P, heads, P] score tensor stays within
+        prefill_budget elements."""
+        Np, P = ids.shape
+        ar = torch.arange(P, device=ids.device)
         step = max(1, self.prefill_budget // (P * P * self.num_heads))
-        first_logits = []
+        out = []
         for a in range(0, Np, step):
             b = min(Np, a + step)
-            sub_pad = pad[a:b]
-            pos = (ar[None] - sub_pad[:, None]).clamp(min=0)
-            allowed = (causal[None] & (ar[None, None, :] >= sub_pad[:, None, None])) | eye[None]
-            mask = torch.zeros(b - a, P, 1, P, dtype=torch.float32, device=dev)
-            mask.masked_fill_(~allowed[:, :, None, :], float("-inf"))
-            sub_rep = torch.arange(b - a, device=dev).repeat_interleave(G)
+            pos = (ar[None] - pad[a:b, None]).clamp(min=0)
+            sub_rep = torch.arange(b - a, device=ids.device).repeat_interleave(G)
 
             def write_prefill(li, latent, k_rope, _a=a, _b=b, _rep=sub_rep):
                 rows = torch.cat((latent, k_rope), dim=-1)
                 cache[li, _a * G:_b * G, :P] = rows[_rep]
                 return rows
 
-            first_logits.append(self._forward(ids[a:b], rot[pos], mask, write_prefill))
-        logits = torch.cat(first_logits)[rep].float()
+            args = (ids[a:b], rot[pos], self._prefill_mask(pad[a:b], P), write_prefill)
+            out.append(self._final_norm(self._trunk(*args)) if keep_hidden else self._forward(*args))
         self.stats["prefill_rows"] += Np
+        return torch.cat(out)
+
+    def _generate_chunk(self, prompts, first_index, G, max_new, params, generator, stop_strings, ignore_eos,
+                        return_logits, deadline=None) -> list[Completion]:
+        dev = self.device
+        Np = len(prompts)
+        B = Np * G
+        ids, pad = self._prompt_batch(prompts)  # pad: left padding per prompt
+        P = ids.shape[1]
+        T = P + max_new
+        cache = self._ensure_cache(B, T)
+        rot = self._rope_table(T)
+        rep = torch.arange(Np, device=dev).repeat_interleave(G)  # cache row -> prompt
+        logits = self._prefill(ids, pad, G, cache, rot)[rep].float()
 
         # ---- decode
         slots = torch.arange(cache.shape[2], device=dev)

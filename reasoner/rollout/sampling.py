@@ -67,3 +67,29 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         noise = torch.empty_like(logprobs).exponential_(1.0, generator=generator)
         tokens = (logprobs.exp() / noise).argmax(dim=-1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def accept_draft(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft: torch.Tensor,
+                 params: SamplingParams, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023) for one drafted token per row.
+
+    The draft token d ~ q was drawn from `draft_logits`; the target distribution p comes from `target_logits`
+    (both processed by `params`). Keep d with probability min(1, p(d) / q(d)), else draw from
+    norm(max(0, p - q)): the token then follows p exactly, whatever q is. Greedy: keep d iff it is p's argmax.
+    Returns (tokens, accepted, logprobs under p), each [batch]."""
+    logp = torch.log_softmax(process_logits(target_logits, params), dim=-1)
+    if params.greedy:
+        tokens = logp.argmax(dim=-1)
+        accepted = tokens == draft
+    else:
+        p = logp.exp()
+        q = torch.softmax(process_logits(draft_logits, params), dim=-1)
+        pd, qd = p.gather(-1, draft[:, None]).squeeze(-1), q.gather(-1, draft[:, None]).squeeze(-1)
+        u = torch.rand(pd.shape, generator=generator, device=pd.device)
+        accepted = u * qd < pd
+        residual = (p - q).clamp(min=0)
+        residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p)
+        noise = torch.empty_like(residual).exponential_(1.0, generator=generator)
+        tokens = torch.where(accepted, draft, (residual / noise).argmax(dim=-1))
+    return tokens, accepted, logp.gather(-1, tokens[:, None]).squeeze(-1)
