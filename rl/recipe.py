@@ -93,6 +93,14 @@ class LoraConfig:
 
 
 @dataclass
+class MTPConfig:
+    """Multi-token prediction (reasoner/mtp.py): loss weight lambda (V3: 0.3, then 0.1); 0 trains no MTP."""
+    weight: float = _f(0.0, minimum=0)            # MTP loss weight in SFT (and in GRPO with grpo: true)
+    depth: int = _f(1, minimum=1)                 # MTP layers added when the model has none and weight > 0
+    grpo: bool = _f(False)                        # keep the MTP loss on in GRPO (on the sampled completions)
+
+
+@dataclass
 class Recipe:
     name: str = _f("recipe")
     description: str = _f("")
@@ -106,6 +114,7 @@ class Recipe:
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    mtp: MTPConfig = field(default_factory=MTPConfig)
 
     @classmethod
     def load(cls, name_or_path: str | Path, overrides: list[str] = ()) -> "Recipe":
