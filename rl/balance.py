@@ -9,6 +9,10 @@ enabled (rollout generation, reference and old-policy log-probs run without grad
 padding excluded (the model's 2-D `attention_mask`), summed over gradient-accumulation micro-batches
 and, under torch.distributed, over all ranks, so every rank applies the same update to its copy of
 the bias (a buffer, which DDP/FSDP/ZeRO do not average).
+
+The MTP module's block (reasoner/mtp.py) is an MoE layer like the others: its router is found, counted and
+updated the same way. A router that saw no training tokens in a step (an MTP layer trained with weight 0)
+is left out of that step's MaxVio mean instead of counting as perfectly balanced.
 """
 from __future__ import annotations
 
@@ -73,8 +77,9 @@ class ExpertLoadBalancer(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if not self.routers:
             return
+        counted = [bool(load.sum() > 0) for load in self.loads]
         violation = self.update()
-        self.history.append({"step": state.global_step, "maxvio": violation})
+        self.history.append({"step": state.global_step, "maxvio": violation, "counted": counted})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         """MaxVio averaged over the steps since the last log line: `maxvio` (mean of layers) and per layer.
@@ -85,8 +90,14 @@ class ExpertLoadBalancer(TrainerCallback):
         if logs is None or not recent:
             return
         self._logged = len(self.history)
-        layers = [sum(entry["maxvio"][i] for entry in recent) / len(recent) for i in range(len(self.routers))]
-        values = {"maxvio": sum(layers) / len(layers), **{f"maxvio/layer{i}": v for i, v in enumerate(layers)}}
+        layers = {}
+        for i in range(len(self.routers)):
+            seen = [entry["maxvio"][i] for entry in recent if entry.get("counted", [True] * (i + 1))[i]]
+            if seen:
+                layers[i] = sum(seen) / len(seen)
+        if not layers:
+            return
+        values = {"maxvio": sum(layers.values()) / len(layers), **{f"maxvio/layer{i}": v for i, v in layers.items()}}
         logs.update(values)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(values)

@@ -1,4 +1,4 @@
-"""PNG plots of a run's reward, accuracy, completion length and MaxVio, from the Trainer's log history."""
+"""PNG plots of a run's reward, accuracy, completion length, MaxVio and MTP loss, from the Trainer's log history."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,7 @@ PANELS = (
     ("rewards/accuracy_reward/mean", "accuracy", "accuracy reward (fraction correct)"),
     ("completions/mean_length", "completion length", "tokens"),
     ("maxvio", "MaxVio", "max load / mean load - 1 (mean over MoE layers)"),
+    ("mtp_loss", "MTP loss", "cross-entropy of the next-next token(s)"),
 )
 
 

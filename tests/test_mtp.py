@@ -247,3 +247,27 @@ def test_sampled_speculative_tokens_follow_the_target_distribution(oracle):
         assert chi2 < df + 4.0 * (2 * df) ** 0.5, (i, chi2, df)  # ~ the 99.9th percentile
     assert all(c.logprobs[1] == pytest.approx(float(torch.log(M[c.token_ids[0], c.token_ids[1]])), abs=1e-4)
                for c in out[:50])
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_sft_trains_the_mtp_loss_logs_and_plots_it_and_balances_its_experts(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_training import _recipe, _sft
+
+    from reasoner.rl.plots import PANELS, plot_training
+
+    recipe = _recipe(tmp_path, ["sft.max_steps=20", "mtp.weight=0.3", "sft.warmup_steps=0"])
+    model, trainer = _sft(recipe, tmp_path / "sft")
+    assert mtp_depth(model) == 1
+    logged = [e["mtp_loss"] for e in trainer.state.log_history if "mtp_loss" in e]
+    assert len(logged) == 2 and logged[1] < logged[0]  # logging_steps=10
+    assert len(trainer.balancer.routers) == 4  # 3 MoE layers + the MTP block's
+    assert trainer.balancer.history[-1]["counted"] == [True] * 4
+    assert any(key == "mtp_loss" for key, _, _ in PANELS)
+    assert plot_training(trainer.state.log_history, tmp_path / "training.png", "t").exists()
+    save_checkpoint(model, trainer.processing_class, tmp_path / "ckpt")
+    loaded, _ = load_model(tmp_path / "ckpt")
+    torch.testing.assert_close(mtp_layers(loaded)[0].eh_proj.weight, mtp_layers(model)[0].eh_proj.weight)
