@@ -123,5 +123,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str | Pa
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: '{part}' in {source} is not a section")
-        node[leaf] = parse_yaml(raw)
+        try:
+            node[leaf] = parse_yaml(raw)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: {key}: the value is not valid YAML ({problem}); quote it, "
+                              f"e.g. --set '{key}=\"...\"'") from None
     return data

@@ -93,33 +93,26 @@ class LoraConfig:
 
 
 @dataclass
-class MTPConfig:
-    """Multi-token prediction (reasoner/mtp.py): loss weight lambda (V3: 0.3, then 0.1); 0 trains no MTP."""
-    weight: float = _f(0.0, minimum=0)            # MTP loss weight in SFT (and in GRPO with grpo: true)
-    depth: int = _f(1, minimum=1)                 # MTP layers added when the model has none and weight > 0
-    grpo: bool = _f(False)                        # keep the MTP loss on in GRPO (on the sampled completions)
-
-
-@dataclass
 class Recipe:
     name: str = _f("recipe")
     description: str = _f("")
     model: str = _f("tiny")                         # model YAML / packaged name / checkpoint dir
     output_dir: str = _f("runs/recipe")
     seed: int = _f(0)
-    threads: int | None = _f(None)
+    threads: int | None = _f(None, minimum=1)       # torch CPU threads; None: torch's default
     task: TaskConfig = field(default_factory=TaskConfig)
     sft: SFTStage = field(default_factory=SFTStage)
     grpo: GRPOStage = field(default_factory=GRPOStage)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    mtp: MTPConfig = field(default_factory=MTPConfig)
 
     @classmethod
     def load(cls, name_or_path: str | Path, overrides: list[str] = ()) -> "Recipe":
         path = resolve_config_path("recipes", name_or_path)
-        return from_dict(cls, load_config(path, schema_for(cls), overrides))
+        recipe = from_dict(cls, load_config(path, schema_for(cls), overrides))
+        check_recipe(recipe, path)  # what a schema cannot say: names, levels and lengths that must agree
+        return recipe
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,3 +150,88 @@ def from_dict(cls, data: dict[str, Any]):
     for name, value in data.items():
         kwargs[name] = from_dict(hints[name], value) if dataclasses.is_dataclass(hints[name]) else value
     return cls(**kwargs)
+
+
+def check_recipe(recipe: "Recipe", source: str | Path = "recipe") -> None:
+    """Fail at load, before any training, on values the schema cannot judge alone: reward names, levels that
+    the task has, weights that match the rewards, a starting model that exists. One ConfigError naming the key."""
+    from reasoner.errors import ConfigError
+    from reasoner.rl.rewards import REWARD_NAMES
+    from reasoner.tasks.registry import TASKS
+
+    def fail(key: str, message: str):
+        raise ConfigError(f"{source}: {key}: {message}")
+
+    def check_levels(key: str, levels, task_name: str) -> None:
+        task = TASKS.get(task_name)
+        known = tuple(getattr(task, "levels", ()) or ())
+        if not known:
+            return
+        for level in levels if isinstance(levels, list) else [levels]:
+            if level is not None and level not in known:
+                fail(key, f"got {level!r}, but task '{task_name}' has levels {', '.join(map(str, known))}")
+
+    # Levels are checked where they are used: a disabled stage's default levels need not fit the task, and
+    # GRPO prompts from real train splits (task.train_data) do not use grpo.levels. Extra levels (plan, code,
+    # word) are empty by default, so any given are checked.
+    task = recipe.task.name
+    train_data = getattr(recipe.task, "train_data", None)
+    real_prompts = train_data is not None and any(
+        value is not None for value in (dataclasses.asdict(train_data).values()
+                                        if dataclasses.is_dataclass(train_data) else [train_data]))
+    if recipe.sft.enabled:
+        check_levels("task.train_levels", recipe.task.train_levels, task)
+    check_levels("task.eval_level", recipe.task.eval_level, task)
+    if recipe.grpo.enabled and not real_prompts:
+        check_levels("grpo.levels", recipe.grpo.levels, task)
+    check_levels("sft.plan_levels", recipe.sft.plan_levels, task)
+    check_levels("sft.code_levels", recipe.sft.code_levels, "code")
+    if getattr(recipe.sft, "word_levels", None):
+        check_levels("sft.word_levels", recipe.sft.word_levels, "word")
+    if recipe.sft.enabled and not recipe.task.train_levels:
+        fail("task.train_levels", "empty, but the SFT stage is enabled and trains on these levels")
+    if recipe.grpo.enabled and not real_prompts and not recipe.grpo.levels:
+        fail("grpo.levels", "empty, but the GRPO stage is enabled and draws its prompts from these levels")
+
+    rewards = recipe.grpo.rewards
+    for i, name in enumerate(rewards):
+        if name not in REWARD_NAMES:
+            fail(f"grpo.rewards.{i}", f"unknown reward {name!r}; known rewards: {', '.join(REWARD_NAMES)}")
+    if recipe.grpo.enabled and not rewards:
+        fail("grpo.rewards", "empty: GRPO needs at least one reward")
+    if len(set(rewards)) != len(rewards):
+        fail("grpo.rewards", f"{rewards}: each reward at most once")
+    weights = recipe.grpo.reward_weights
+    if weights is not None and len(weights) != len(rewards):
+        fail("grpo.reward_weights", f"{len(weights)} weights for {len(rewards)} rewards ({', '.join(rewards)}); "
+                                    "give one weight per reward, or null for all 1.0")
+    if recipe.grpo.overlong_buffer > recipe.grpo.max_completion_length:
+        fail("grpo.overlong_buffer", f"{recipe.grpo.overlong_buffer} is longer than grpo.max_completion_length "
+                                     f"({recipe.grpo.max_completion_length})")
+    epsilon_high = recipe.grpo.epsilon_high
+    if epsilon_high is not None and epsilon_high < recipe.grpo.epsilon:
+        fail("grpo.epsilon_high", f"{epsilon_high} is below grpo.epsilon ({recipe.grpo.epsilon}); or null")
+    if recipe.lora.enabled and not recipe.lora.target_modules:
+        fail("lora.target_modules", "empty, but LoRA is enabled")
+    if not str(recipe.output_dir).strip():
+        fail("output_dir", "empty")
+    _check_model(recipe.model, source, fail)
+
+
+def _check_model(model: str, source, fail) -> None:
+    """A checkpoint directory, a model YAML path or a packaged model name (checked without importing torch)."""
+    from reasoner.config import packaged_config
+
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            fail("model", f"{model}: a directory without config.json is not a checkpoint")
+        return
+    if path.exists() and path.is_file():
+        return
+    if path.suffix in (".yaml", ".yml") or "/" in model:
+        fail("model", f"{model}: no such checkpoint directory or model YAML")
+    if not packaged_config("models", model).exists():
+        available = sorted(p.stem for p in packaged_config("models", "x").parent.glob("*.yaml"))
+        fail("model", f"no packaged model named {model!r}; available: {', '.join(available)}, "
+                      "or a model YAML or checkpoint directory")

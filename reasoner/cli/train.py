@@ -20,11 +20,12 @@ def run(args) -> int:
 
     from reasoner.progress import printable, quiet_libraries
     from reasoner.rl.recipe import Recipe
-    from reasoner.rl.train import train
 
-    quiet_libraries()
     console = Console(highlight=False)
     recipe = Recipe.load(args.recipe, args.overrides)
+    quiet_libraries()  # imports transformers and datasets: only once the recipe is known to be good
+    from reasoner.rl.train import train  # after the recipe is validated: a bad value fails in a second, not after torch
+
     result = train(recipe, log=lambda text: console.print(printable(text), markup=False, soft_wrap=True))
     if not args.no_eval:
         from reasoner.rl.report import evaluate_checkpoints
