@@ -305,3 +305,117 @@ def test_hostile_program_cannot_reach_the_network_or_the_caller(hostile):
     assert hostile["received"] == []
     assert "refused" in results["socket to 127.0.0.1"].stdout
     assert "refused" in results["kill the parent"].stdout  # and we, the caller, are still running
+
+
+# ---------------------------------------------------------------- no residue, nothing of ours in sight
+
+
+def _sysv_keys() -> set[int]:
+    keys = set()
+    for kind in ("shm", "sem", "msg"):
+        try:
+            lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        keys |= {int(line.split()[0]) for line in lines if line.split()}
+    return keys
+
+
+def _listing(folder: str) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError:
+        return set()
+
+
+_WRITABLE = ["/tmp", "/run/lock", "/dev/shm", "/var/tmp", "/run"]
+
+
+def test_a_program_leaves_no_ipc_objects_and_no_files_behind():
+    """SysV shared memory, semaphores, message queues, POSIX shm and files in every writable place:
+    all live in the run's own IPC namespace and tmpfs mounts, and are gone when it ends."""
+    isolation = run_python("pass").isolation
+    if "ipcns" not in isolation or "mountns" not in isolation:
+        pytest.skip(f"no IPC or mount namespace here ({isolation})")
+    marker = f"reasoner-residue-{uuid.uuid4().hex}"
+    base_key = int(uuid.uuid4().int % 1_000_000_000) + 1_000_000
+    keys = {base_key, base_key + 1, base_key + 2}
+    before_keys, before = _sysv_keys(), {folder: _listing(folder) for folder in _WRITABLE}
+    program = f"""
+import ctypes, mmap, os
+libc = ctypes.CDLL(None, use_errno=True)
+IPC_CREAT = 0o1000
+made = []
+shm = libc.shmget({base_key}, 1 << 16, IPC_CREAT | 0o666)
+address = libc.shmat(shm, None, 0) if shm >= 0 else -1
+made.append(("shm", shm))
+made.append(("sem", libc.semget({base_key + 1}, 4, IPC_CREAT | 0o666)))
+made.append(("msg", libc.msgget({base_key + 2}, IPC_CREAT | 0o666)))
+fd = os.open("/dev/shm/{marker}-posix", os.O_CREAT | os.O_RDWR, 0o600)   # what shm_open does
+os.ftruncate(fd, 1 << 16)
+mapping = mmap.mmap(fd, 1 << 16)
+mapping[:5] = b"hello"
+made.append(("posix", fd))
+for folder in {_WRITABLE!r} + [os.getcwd(), os.environ.get("HOME", ".")]:
+    try:
+        with open(os.path.join(folder, "{marker}"), "w") as file:
+            file.write("left behind?")
+        made.append((folder, 1))
+    except OSError as error:
+        made.append((folder, -1))
+own = open("/proc/sysvipc/shm").read() + open("/proc/sysvipc/sem").read() + open("/proc/sysvipc/msg").read()
+print(made, "{base_key}" in own)
+if os.fork() == 0:  # a child that outlives the program, holding the segment
+    os.setsid()
+    import time
+    time.sleep(30)
+"""
+    result = run_python(program, timeout=10)
+    assert result.ok, result.stderr
+    made_text, seen_inside = result.stdout.rsplit(" ", 1)
+    made = dict(eval(made_text))  # our own program's output
+    assert all(made[kind] >= 0 for kind in ("shm", "sem", "msg", "posix")), made
+    assert seen_inside.strip() == "True"  # they existed, in the sandbox's namespace
+    assert made["/tmp"] == made["/run/lock"] == made["/dev/shm"] == made["/var/tmp"] == 1, made
+    after_keys = _sysv_keys()
+    assert not keys & after_keys  # none of its keys exists on the host
+    assert not (after_keys - before_keys) & keys
+    for folder in [*_WRITABLE, str(REPO), str(Path.home())]:
+        assert not any(name.startswith(marker) for name in _listing(folder)), folder
+    for folder, names in before.items():
+        assert not {name for name in _listing(folder) - names if marker in name}, folder
+    assert _processes_with(marker) == []
+
+
+def test_the_project_tree_shared_and_homes_are_empty_inside():
+    isolation = run_python("pass").isolation
+    if "mountns" not in isolation:
+        pytest.skip(f"no mount namespace here ({isolation})")
+    hidden = [str(REPO), str(REPO.parent / "shared"), "/root", "/home"]
+    probe = f"""
+import os, sys
+for folder in {hidden!r}:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as error:
+        names = [type(error).__name__]
+    print(folder, names)
+for path in ({str(REPO / "README.md")!r}, {str(REPO / "reasoner" / "verify" / "code.py")!r}, "/root/.bashrc"):
+    try:
+        open(path).read()
+        print("READ", path)
+    except OSError:
+        pass
+import json, sqlite3  # the interpreter and its stdlib are still there
+print("python", sys.version_info[:2])
+"""
+    result = run_python(probe, timeout=10)
+    assert result.ok, result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert "READ" not in result.stdout
+    repo_inside = eval(lines[str(REPO)])
+    assert set(repo_inside) <= {".venv", "PermissionError", "FileNotFoundError"}  # only the interpreter's venv
+    assert eval(lines["/home"]) in ([], ["FileNotFoundError"])
+    assert set(eval(lines["/root"])) <= {".pyenv", ".local", "PermissionError"}
+    if (REPO.parent / "shared").is_dir():
+        assert eval(lines[str(REPO.parent / "shared")]) == []

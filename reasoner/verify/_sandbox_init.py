@@ -105,6 +105,19 @@ def _undumpable() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
 
 
+def _shed_capabilities() -> None:
+    """Root of a user namespace: a nested one (or, failing that, an empty capability set locked against
+    regaining root's on exec) leaves the program no capability over the judge; else it does not run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWUSER) == 0:
+        return
+    secure_noroot = 0x1 | 0x2 | 0x4 | 0x8  # SECBIT_NOROOT(_LOCKED), SECBIT_NO_SETUID_FIXUP(_LOCKED)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    empty = (ctypes.c_uint32 * 6)()
+    if libc.prctl(28, secure_noroot, 0, 0, 0) != 0 or libc.capset(header, empty) != 0:  # PR_SET_SECUREBITS
+        os._exit(126)  # fail closed: a program that could trace the judge does not get to run
+
+
 def _run_judge(config: dict, source: bytes, channel: tuple[int, int]) -> None:
     os.close(config["status_fd"])
     _drop_privileges(config)
@@ -126,9 +139,7 @@ def _run_program(config: dict, workdir: str, source: bytes, channel: tuple[int, 
     if channel is not None:
         os.environ["REASONER_RPC"] = f"{channel[0]},{channel[1]}"
         if config["uid"] is None and os.geteuid() == 0:
-            # root of a user namespace: a nested one leaves it no capability over the judge
-            if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWUSER) != 0:
-                os._exit(126)
+            _shed_capabilities()
     _drop_privileges(config)
     os.chdir(workdir)
     os.environ.update(HOME=workdir, TMPDIR=workdir)
@@ -137,6 +148,8 @@ def _run_program(config: dict, workdir: str, source: bytes, channel: tuple[int, 
     sys.argv = ["main.py"]
     main_module = type(sys)("__main__")
     main_module.__file__ = "main.py"
+    # The builtins as they are now, for code appended to the program (the grader's harness).
+    main_module.__reasoner_builtins__ = dict(vars(sys.modules["builtins"]))
     sys.modules["__main__"] = main_module
     exec(compile(source, "main.py", "exec"), main_module.__dict__)
 

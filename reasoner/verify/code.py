@@ -47,42 +47,56 @@ _CACHE_FILE = Path(__file__).with_name("humaneval_expected.json")
 
 _HARNESS = '''
 
-def _reasoner_answer(holes, token, aliases, _print=print, _eval=eval, _dict=dict, _type=type):
-    import os, sys
-    {encoder}
-    names = _dict(globals())
+def _reasoner_answer(holes, token, aliases, encoder):
+    # Builtins as they were before the program ran (the sandbox keeps a copy), so a program that
+    # shadows or patches print, eval, type... does not break its own grading by accident.
+    try:
+        b = __reasoner_builtins__
+    except NameError:
+        import builtins
+        b = vars(builtins)
+    import os
+    write, fail = os.write, b["BaseException"]
+    scope = {{"__builtins__": b}}
+    b["exec"](encoder, scope)
+    encode, type_of, evaluate = scope["encode"], b["type"], b["eval"]
+
+    def send(fd, text):
+        data = text.encode("utf-8", "surrogatepass")
+        while data:
+            data = data[write(fd, data):]
+
+    names = b["dict"](b["globals"]())
     for alias, target in aliases:
         if target in names:
             names[alias] = names[target]
-    for index, source in enumerate(holes):
+    for index, source in b["enumerate"](holes):
         try:
-            line = "ok:" + encode(_eval(source, names))
-        except BaseException as error:
-            line = "err:" + _type(error).__name__
-        _print(f"\\n{{token}}:{{index}}:{{line}}", flush=True)
+            line = "ok:" + encode(evaluate(source, names))
+        except fail as error:
+            line = "err:" + type_of(error).__name__
+        send(1, f"\\n{{token}}:{{index}}:{{line}}\\n")
     channel = os.environ.get("REASONER_RPC")
     if not channel:
         return
-    reading, writing = (int(fd) for fd in channel.split(","))
-    inbox = os.fdopen(reading, "rb")
-    literals = {{"__builtins__": {{}}, "float": float, "set": set, "frozenset": frozenset, "complex": complex}}
-    for request in inbox:
+    reading, writing = (b["int"](fd) for fd in channel.split(","))
+    literals = {{"__builtins__": {{}}, "float": b["float"], "set": b["set"], "frozenset": b["frozenset"],
+                "complex": b["complex"]}}
+    for request in os.fdopen(reading, "rb"):
         op, name, *rest = request.decode().rstrip("\\n").split("\\t")
         try:
             if op == "get":
                 value = names[name]
-                reply = "fn" if callable(value) else "ok\\t" + encode(value)
+                reply = "fn" if b["callable"](value) else "ok\\t" + encode(value)
             else:
-                args, kwargs = _eval(rest[0], literals), _eval(rest[1], literals)
+                args, kwargs = evaluate(rest[0], literals), evaluate(rest[1], literals)
                 reply = "ok\\t" + encode(names[name](*args, **kwargs))
-        except BaseException as error:
-            reply = "err\\t" + _type(error).__name__
-        data = (reply.replace("\\n", " ") + "\\n").encode()
-        while data:
-            data = data[os.write(writing, data):]
+        except fail as error:
+            reply = "err\\t" + type_of(error).__name__
+        send(writing, reply.replace("\\n", " ") + "\\n")
 
 
-_reasoner_answer({holes!r}, {token!r}, {aliases!r})
+_reasoner_answer({holes!r}, {token!r}, {aliases!r}, {encoder!r})
 '''
 
 # ---------------------------------------------------------------- the judge (trusted, in the sandbox)
@@ -260,8 +274,7 @@ def _job(completion: str, tests: str | Sequence[str], entry_point: str | None) -
     if entry_point:
         aliases.add(("candidate", entry_point))
     token = secrets.token_hex(8)
-    program = code + _HARNESS.format(encoder=_indented(ENCODER_SOURCE, 4), holes=holes, token=token,
-                                     aliases=sorted(aliases))
+    program = code + _HARNESS.format(encoder=ENCODER_SOURCE, holes=holes, token=token, aliases=sorted(aliases))
     judge = _JUDGE.format(encoder=ENCODER_SOURCE, decoder=_DECODER_SOURCE, tests=judged) if judged else None
     return _Job(program, judge, token, plans, holes)
 
@@ -285,11 +298,6 @@ def _answers(stdout: str, token: str) -> dict[int, tuple[bool, object]]:
         else:
             answers[int(index)] = (False, None)
     return answers
-
-
-def _indented(source: str, spaces: int) -> str:
-    pad = " " * spaces
-    return "\n".join((pad + line if line.strip() else line) for line in source.splitlines()).lstrip()
 
 
 # ---------------------------------------------------------------- the three kinds of test
