@@ -1,115 +1,210 @@
-"""`make demo`: the whole product on 2 CPU cores, on built-in defaults.
+"""`make demo`: the whole product on 2 CPU cores, on built-in defaults, every figure honest.
 
-1. train the tiny MoE model with the demo recipe (cold-start SFT, then GRPO; resumable),
-2. evaluate both checkpoints on the held-out hard split,
-3. compare direct answering with the LangGraph pipeline on longer problems than any trained on,
-4. answer one problem through the Python API,
-and write everything measured to runs/demo/summary.json.
+1. train the tiny MoE model (configs/recipes/demo.yaml): a cold-start SFT on countdown, word problems
+   (worked answers and plans) and code, then GRPO on countdown; beside it, the same cold start trained
+   by SFT on GRPO's prompts' gold traces for as many steps (two learning rates, the better chosen on the
+   validation split), and two short SFT runs with and without load balancing;
+2. evaluate the checkpoints on the held-out (test) split of the eval level, once;
+3. the pipeline against direct answering, sampled pass@1 and majority voting at the same sample budget,
+   and the question-blind control, on word problems, countdown and code (reasoner.evaluation.compare);
+4. answer one problem through the Python API;
+and write every figure to runs/demo/summary.json. Independent work runs in two processes (one per core).
+Rerunning resumes: finished stages and finished comparisons are kept.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from reasoner.evaluation.compare import PipelineSettings
+from reasoner.evaluation.summary import write_summary
 from reasoner.rl.recipe import Recipe
 
-VOTES = 8  # samples per problem for maj@k, in the held-out evaluation and the pipeline comparison
-CODE_PROBLEMS = 20  # held-out one-line code tasks solved through the pipeline, verified in the sandbox
+# The pipeline comparison per task: (level, test problems, settings). Levels and settings were chosen on the
+# validation split (`python benchmarks/pipeline.py --split validation`, benchmarks/RESULTS.md), never on test.
+PIPELINE_TASKS = {
+    "word": (4, 200, PipelineSettings(samples=4, retries=3, temperature=1.0, max_tokens=96)),
+    "countdown": (2, 200, PipelineSettings(samples=8, retries=3, temperature=1.0, max_tokens=96)),
+    "code": (1, 100, PipelineSettings(samples=8, retries=3, temperature=1.0, max_tokens=96)),
+}
+EQUAL_COMPUTE_LR_FACTORS = (1.0, 10.0)  # the SFT arm's two learning rates: GRPO's and ten times it
+BALANCE_PROBE_STEPS = 60  # short SFT runs from fresh weights; MaxVio read over their last 20%
+API_EXAMPLE = "Using the numbers [3, 5, 8], make 23. Use + - * / and each number exactly once."
 
 
-def run_demo(overrides: list[str] = (), pipeline_problems: int = 200, pipeline_level: int = 6,
-             console: Console | None = None) -> dict:
+def run_demo(overrides: list[str] = (), console: Console | None = None, quick: bool = False) -> dict:
+    """quick: a plumbing check (a few problems per comparison, small budgets), for tests."""
     console = console or Console()
     recipe = Recipe.load("demo", overrides)
+    tasks = {task: _quick(spec) if quick else spec for task, spec in PIPELINE_TASKS.items()}
     out = Path(recipe.output_dir)
     started = time.perf_counter()
-    summary = {"recipe": recipe.name, "model": recipe.model}
+    summary: dict = {"recipe": recipe.name, "model": recipe.model, "eval_task": recipe.task.name,
+                     "eval_level": recipe.task.eval_level}
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        console.rule("[bold]1. training: cold start, then GRPO | the equal-compute SFT arm | balancing probes")
+        probes = pool.submit(_balance_probes, recipe)
+        cold_start = pool.submit(_train, replace(recipe, grpo=replace(recipe.grpo, enabled=False))).result()
+        grpo = pool.submit(_train, recipe)
+        arms = [pool.submit(_sft_arm, recipe, cold_start["sft"], recipe.grpo.learning_rate * f)
+                for f in EQUAL_COMPUTE_LR_FACTORS]
+        checkpoints = {**grpo.result(), **{f"sft-equal-lr{a.result()[0]:g}": a.result()[1] for a in arms}}
+        summary.update(probes.result())
+        console.print(f"checkpoints: {', '.join(f'{k}={v}' for k, v in checkpoints.items())}")
 
-    console.rule("[bold]1. training: cold-start SFT, then GRPO")
-    from reasoner.rl.train import train
-
-    result = train(recipe, log=lambda text: console.print(text, markup=False, soft_wrap=True))
-
-    console.rule("[bold]2. held-out evaluation")
-    from reasoner.rl.report import evaluate_checkpoints
-
-    metrics = evaluate_checkpoints(recipe, result.checkpoints, console)
-    summary.update(sft_accuracy=metrics["sft"]["pass@1"].value, grpo_accuracy=metrics["grpo"]["pass@1"].value,
-                   n_eval=recipe.task.n_eval, eval_level=recipe.task.eval_level)
-    final = result.checkpoints["grpo"]
-    from reasoner.rl.report import results_table, voting_metrics
-
-    votes = voting_metrics(recipe, final, k=VOTES)
-    console.print(results_table({"grpo, sampled": votes}, f"majority voting, held-out level {recipe.task.eval_level}"))
-    summary.update(eval_sampled_pass_at_1=votes["pass@1"].value, eval_maj_at_k=votes[f"maj@{VOTES}"].value,
-                   eval_pass_at_k=votes[f"pass@{VOTES}"].value, eval_k=VOTES)
-
-    console.rule("[bold]3. direct answering vs the pipeline")
-    from reasoner.pipeline.evaluate import compare, heldout_code
-
-    # Pipeline runs go to the default stores (runs/traces.db) beside the training rollouts. The demo's tiny
-    # planner is not trained (it did not carry over to longer problems, see README), so the pipeline's gain
-    # here is k samples per attempt, each checked by re-computation, and retries (compare's defaults).
-    summary.update(compare(str(final), n=pipeline_problems, level=pipeline_level, k=VOTES, ablation=False,
-                           code_problems=heldout_code(CODE_PROBLEMS)))
+        console.rule("[bold]2. held-out evaluation | 3. the pipeline against its baselines and the blind control")
+        evaluation = pool.submit(_evaluate_checkpoints, recipe, checkpoints)
+        comparisons = {task: pool.submit(_compare, recipe, checkpoints["grpo"], task, spec) for task, spec in tasks.items()}
+        summary.update(evaluation.result())
+        summary["pipeline_tasks"] = {task: future.result() for task, future in comparisons.items()}
 
     console.rule("[bold]4. the Python API")
-    summary["api_example"] = api_example(final, console)
+    summary["api_example"] = api_example(checkpoints["grpo"], console)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(out / "summary.json", summary)
-    console.print(summary_table(summary))
+    write_summary(summary, out / "summary.json")
+    console.print(eval_table(summary))
+    console.print(pipeline_table(summary["pipeline_tasks"]))
     console.print(f"summary: {out / 'summary.json'}   plots: {out}/*/training.png   "
-                  f"traces: reasoner traces list --source train")
+                  f"traces: reasoner traces list --source pipeline")
     return summary
+
+
+# ---------------------------------------------------------------- work done in the two worker processes
+
+
+def _worker_setup() -> None:
+    import torch
+
+    from reasoner.progress import quiet_libraries
+
+    torch.set_num_threads(1)  # two workers on two cores
+    quiet_libraries()
+
+
+def _train(recipe: Recipe) -> dict[str, Path]:
+    _worker_setup()
+    from reasoner.rl.train import train
+
+    return train(recipe, log=print).checkpoints
+
+
+def _sft_arm(recipe: Recipe, cold_start: Path, learning_rate: float) -> tuple[float, Path]:
+    _worker_setup()
+    from reasoner.rl.train import train_sft_equal_compute
+
+    return learning_rate, train_sft_equal_compute(recipe, cold_start, learning_rate, log=print)
+
+
+def _balance_probes(recipe: Recipe) -> dict:
+    """MaxVio over the last 20% of steps of two otherwise identical short SFT runs: the recipe's gamma, and 0."""
+    _worker_setup()
+    from reasoner.rl.train import train_balance_probe
+
+    figures = {}
+    for name, gamma in (("maxvio_balanced", recipe.balance.gamma), ("maxvio_unbalanced", 0.0)):
+        history = train_balance_probe(recipe, gamma, min(BALANCE_PROBE_STEPS, recipe.sft.max_steps), log=print)
+        tail = history[-max(1, len(history) // 5):]
+        figures[name] = round(sum(sum(h["maxvio"]) / len(h["maxvio"]) for h in tail) / len(tail), 4)
+    return {**figures, "balance_gamma": recipe.balance.gamma, "balance_probe_steps": BALANCE_PROBE_STEPS}
+
+
+def _evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path]) -> dict:
+    """Greedy accuracy on the eval level: the SFT arm's learning rate is chosen on the validation split, then
+    every checkpoint is scored once on the test (held-out) split."""
+    _worker_setup()
+    from reasoner.evaluation.checkpoints import evaluate_checkpoint
+    from reasoner.rl.train import heldout_problems
+
+    def accuracy(path: Path, split: str, n: int) -> dict:
+        problems = heldout_problems(recipe, n=n, split=split)
+        metric = evaluate_checkpoint(path, problems, max_new_tokens=recipe.eval.max_new_tokens,
+                                     prompt_style=recipe.task.prompt_style)["pass@1"]
+        return metric.to_dict()
+
+    arms = {name: path for name, path in checkpoints.items() if name.startswith("sft-equal")}
+    validation = {name: accuracy(path, "validation", min(200, recipe.task.n_eval))["value"] for name, path in arms.items()}
+    best = max(validation, key=validation.get)
+    test = {name: accuracy(checkpoints[name], "heldout", recipe.task.n_eval) for name in ("sft", "grpo", best)}
+    return {"sft_accuracy": test["sft"]["value"], "grpo_accuracy": test["grpo"]["value"],
+            "sft_equal_compute_accuracy": test[best]["value"], "sft_equal_compute_arm": best,
+            "sft_equal_compute_validation": validation, "n_eval": recipe.task.n_eval,
+            "eval_ci95": {"sft": test["sft"]["ci95"], "grpo": test["grpo"]["ci95"], "sft_equal_compute": test[best]["ci95"]}}
+
+
+def _quick(spec: tuple) -> tuple:
+    level, _, settings = spec
+    return level, 6, replace(settings, samples=2, retries=1, max_tokens=48)
+
+
+def _compare(recipe: Recipe, checkpoint: Path, task_name: str, spec: tuple) -> dict:
+    """One task's comparison, cached under runs/demo/pipeline/<task>.json so a rerun keeps it."""
+    _worker_setup()
+    from reasoner.evaluation.compare import compare_task
+    from reasoner.pipeline.backends import LocalBackend
+    from reasoner.tasks import get_task
+
+    cached = Path(recipe.output_dir) / "pipeline" / f"{task_name}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    level, n, settings = spec
+    problems = get_task(task_name).problems("heldout", n, level=level, seed=recipe.seed)
+    started = time.perf_counter()
+    result = compare_task(LocalBackend.from_pretrained(checkpoint), problems, settings,
+                          workdir=cached.parent / task_name, seed=recipe.seed, label=task_name)
+    result.update(level=level, seconds=round(time.perf_counter() - started, 1))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result, indent=2))
+    print(f"[pipeline] {task_name}: direct {result['direct_accuracy']:.3f}, maj@{result['maj_samples']} "
+          f"{result['maj_accuracy']:.3f}, pipeline {result['pipeline_accuracy']:.3f}, blind "
+          f"{result['blind_direct_accuracy']:.3f} -> {result['blind_pipeline_accuracy']:.3f}", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------- reporting
 
 
 def api_example(checkpoint: Path, console: Console) -> dict:
     from reasoner import Reasoner
 
-    problem = "7+5-3+8-2+6-4+9"
-    console.print(f">>> Reasoner.from_pretrained({str(checkpoint)!r}).solve({problem!r})")
-    solution = Reasoner.from_pretrained(checkpoint).solve(problem)
-    console.print(f"answer={solution.answer!r} verified={solution.verified} steps={len(solution.steps)} "
-                  f"trace_id={solution.trace_id}")
-    return {"problem": problem, "answer": solution.answer, "verified": solution.verified,
+    console.print(f">>> Reasoner.from_pretrained({str(checkpoint)!r}).solve({API_EXAMPLE!r}, task='countdown')")
+    solution = Reasoner.from_pretrained(checkpoint).solve(API_EXAMPLE, task="countdown", samples=8, retries=3,
+                                                          temperature=1.0, seed=0)
+    console.print(repr(solution))
+    return {"problem": API_EXAMPLE, "answer": solution.answer, "status": solution.status,
             "trace_id": solution.trace_id}
 
 
-def summary_table(summary: dict) -> Table:
-    table = Table(title="demo results")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    rows = [
-        (f"cold start (SFT) pass@1, held-out level {summary['eval_level']}", "sft_accuracy"),
-        (f"after GRPO pass@1, held-out level {summary['eval_level']}", "grpo_accuracy"),
-        (f"direct answering, level {summary.get('pipeline_level')} (longer than trained)", "direct_accuracy"),
-        ("pipeline (plan, solve, verify, vote)", "pipeline_accuracy"),
-        (f"pass@1 (sampled), level {summary.get('pipeline_level')}", "pass_at_1"),
-        (f"maj@{summary.get('k')}, level {summary.get('pipeline_level')}", "maj_at_k"),
-        (f"pass@1 (sampled), level {summary['eval_level']}", "eval_sampled_pass_at_1"),
-        (f"maj@{summary.get('eval_k')}, level {summary['eval_level']}", "eval_maj_at_k"),
-    ]
-    for label, key in rows:
-        if summary.get(key) is not None:
-            table.add_row(label, f"{100 * summary[key]:.1f}%")
-    if summary.get("n_code"):
-        table.add_row(f"code tasks, direct answer passes its tests (of {summary['n_code']})",
-                      f"{100 * summary['code_direct_accuracy']:.0f}%")
-        table.add_row(f"code tasks verified by the pipeline (of {summary['n_code']})", str(summary["code_verified"]))
-        rate = summary.get("code_verified_pass_rate")
-        table.add_row("  of which pass their tests, re-checked", "-" if rate is None else f"{100 * rate:.0f}%")
-    table.add_row("problems: held-out / pipeline", f"{summary['n_eval']} / {summary.get('n_pipeline')}")
-    table.add_row("wall time", f"{summary['seconds']:.0f} s")
+def eval_table(summary: dict) -> Table:
+    table = Table(title=f"held-out {summary['eval_task']} level {summary['eval_level']}, greedy, "
+                        f"n={summary['n_eval']}")
+    table.add_column("checkpoint")
+    table.add_column("accuracy (95% CI)", justify="right")
+    for label, key, ci in (("cold start (SFT)", "sft_accuracy", "sft"), ("GRPO", "grpo_accuracy", "grpo"),
+                           (f"SFT at equal compute ({summary['sft_equal_compute_arm']})",
+                            "sft_equal_compute_accuracy", "sft_equal_compute")):
+        low, high = summary["eval_ci95"][ci]
+        table.add_row(label, f"{100 * summary[key]:.1f}% [{100 * low:.1f}, {100 * high:.1f}]")
+    table.add_row("MaxVio, balanced / unbalanced", f"{summary['maxvio_balanced']:.2f} / {summary['maxvio_unbalanced']:.2f}")
     return table
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Merge into an existing summary (other tools add keys too) and replace it atomically."""
-    existing = json.loads(path.read_text()) if path.exists() else {}
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps({**existing, **data}, indent=2) + "\n")
-    staging.replace(path)
+def pipeline_table(tasks: dict) -> Table:
+    table = Table(title="the pipeline against its baselines (test split; accuracies)")
+    columns = ("n", "direct_accuracy", "sampled_pass_at_1", "maj_accuracy", "pipeline_accuracy",
+               "blind_direct_accuracy", "blind_pipeline_accuracy")
+    table.add_column("task")
+    for column in ("n", "direct", "sampled pass@1", "maj@N", "pipeline", "blind direct", "blind pipeline"):
+        table.add_column(column, justify="right")
+    table.add_column("N (mean samples)", justify="right")
+    for task, row in tasks.items():
+        table.add_row(task, str(row["n"]), *(f"{100 * row[c]:.1f}%" for c in columns[1:]),
+                      f"{row['maj_samples']} ({row['mean_samples']:.1f})")
+    return table
+

@@ -52,6 +52,16 @@ def plan_rows(problems: list[Problem], tokenizer, style: str = "plain") -> list[
     return plans + steps
 
 
+def word_plan_rows(problems: list[Problem], tokenizer) -> list[dict]:
+    """SFT rows for the pipeline's planner on word problems: the question in the planner prompt, and the plan
+    the worked trace follows (`["7+5","{}-4"]`), which the pipeline's calculator then computes."""
+    from reasoner.pipeline.plans import plan_messages
+    from reasoner.tasks.word import plan_text
+
+    return [_row(tokenizer.apply_chat_template(plan_messages(p.question), add_generation_prompt=True, tokenize=False),
+                 plan_text(p), tokenizer) for p in problems]
+
+
 def _row(prompt: str, target: str, tokenizer) -> dict:
     return {"prompt": prompt, "completion": target + tokenizer.eos_token}
 

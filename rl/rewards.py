@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from reasoner.tasks.grading import grade_completion
+from reasoner.evaluation.grading import grade_completion
 from reasoner.verify import check_code
 
 # One <think> block, then one <answer> block, nothing else around them.

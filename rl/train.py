@@ -7,14 +7,15 @@ Layout of a run directory:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import set_seed
 
 from reasoner.model import is_checkpoint, load_model, save_checkpoint
-from reasoner.rl.data import grpo_dataset, plan_rows, sft_dataset
+from reasoner.rl.data import grpo_dataset, plan_rows, sft_dataset, word_plan_rows
 from reasoner.rl.lora import merged, with_lora
 from reasoner.rl.plots import plot_training
 from reasoner.rl.recipe import Recipe
@@ -28,20 +29,25 @@ class TrainResult:
 
 
 def training_problems(recipe: Recipe, levels: list[int], total: int, task_name: str | None = None) -> list[Problem]:
+    data = recipe.task.train_data
+    if task_name is None and (data.gsm8k or data.math):  # real train splits (GSM8K, MATH) from a path or a hub
+        from reasoner.rl.traindata import train_problems
+
+        return train_problems(data, total, seed=recipe.seed)
     task = get_task(task_name or recipe.task.name)
     per_level = max(1, total // max(1, len(levels)))
     return [p for level in levels for p in task.problems("train", per_level, level=level, seed=recipe.seed)]
 
 
-def heldout_problems(recipe: Recipe, level: int | None = None, n: int | None = None) -> list[Problem]:
+def heldout_problems(recipe: Recipe, level: int | None = None, n: int | None = None,
+                     split: str = "heldout") -> list[Problem]:
+    """The eval level's problems: `heldout` is the test split (reported once), `validation` where settings are chosen."""
     task = get_task(recipe.task.name)
-    return task.problems("heldout", n or recipe.task.n_eval, level=level or recipe.task.eval_level, seed=recipe.seed)
+    return task.problems(split, n or recipe.task.n_eval, level=level or recipe.task.eval_level, seed=recipe.seed)
 
 
 def train(recipe: Recipe, log=print) -> TrainResult:
-    set_seed(recipe.seed)
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
+    _prepare(recipe)
     out = Path(recipe.output_dir)
     result = TrainResult()
     start = recipe.model
@@ -52,7 +58,34 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     return result
 
 
-def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe: Recipe, log) -> Path:
+def train_sft_equal_compute(recipe: Recipe, cold_start: str | Path, learning_rate: float, log=print) -> Path:
+    """The baseline GRPO has to beat: from the same cold start, SFT on the gold traces of the prompts GRPO
+    trained on, one batch of them per GRPO step, for as many optimizer steps. Returns its final checkpoint."""
+    arm = replace(recipe, sft=replace(recipe.sft, max_steps=recipe.grpo.max_steps, batch_size=recipe.grpo.prompts_per_step,
+                                      learning_rate=learning_rate, warmup_steps=recipe.grpo.warmup_steps,
+                                      direct_fraction=0.0))
+    _prepare(recipe)
+    return _stage(TrainResult(), f"sft-equal-lr{learning_rate:g}", Path(recipe.output_dir), cold_start, arm, log,
+                  kind="sft_equal")
+
+
+def train_balance_probe(recipe: Recipe, gamma: float, steps: int, log=print) -> list[dict]:
+    """A short cold-start SFT from fresh weights with balancing speed `gamma`; returns MaxVio per step and layer
+    ({"step", "maxvio": [...]}), how unevenly the routed experts were loaded."""
+    probe = replace(recipe, sft=replace(recipe.sft, max_steps=steps), balance=replace(recipe.balance, gamma=gamma))
+    _prepare(recipe)
+    final = _stage(TrainResult(), f"balance-gamma{gamma:g}", Path(recipe.output_dir), recipe.model, probe, log)
+    return json.loads((final.parent / "maxvio.json").read_text())
+
+
+def _prepare(recipe: Recipe) -> None:
+    set_seed(recipe.seed)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+
+
+def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe: Recipe, log,
+           kind: str | None = None) -> Path:
     final = out / stage / "final"
     if is_checkpoint(final):
         log(f"[{stage}] already finished: {final} (delete it to train again)")
@@ -60,12 +93,16 @@ def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe
         model, tokenizer = load_model(start)
         model = with_lora(model, recipe.lora)
         log(f"[{stage}] training from {start}" + (f" with LoRA r={recipe.lora.r}" if recipe.lora.enabled else ""))
-        trainer = _run_stage(stage, recipe, model, tokenizer, out / stage)
+        trainer = _run_stage(kind or stage, recipe, model, tokenizer, out / stage)
         # Under `accelerate launch` every rank gets here with the same weights: one writes, all wait for it
         # (the next stage loads `final` on every rank).
         if trainer.accelerator.is_main_process:
             save_checkpoint(merged(model), tokenizer, final,
                             {"stage": stage, "recipe": recipe.to_dict(), "started_from": str(start)})
+            (out / stage / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+            balancer = getattr(trainer, "balancer", None)
+            if balancer is not None:  # per step, per layer: the load-balancing evidence
+                (out / stage / "maxvio.json").write_text(json.dumps(balancer.history))
             plot = plot_training(trainer.state.log_history, out / stage / "training.png", f"{recipe.name}: {stage}")
             if plot:
                 result.plots[stage] = plot
@@ -79,6 +116,11 @@ def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe
 def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
     use_cpu = not torch.cuda.is_available()
     style = recipe.task.prompt_style
+    if stage == "sft_equal":
+        from reasoner.rl.sft import run_sft
+
+        problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)  # GRPO's own prompts
+        return run_sft(recipe, model, tokenizer, sft_dataset(problems, tokenizer, style), output_dir, use_cpu)
     if stage == "sft":
         from reasoner.rl.sft import run_sft
 
@@ -86,9 +128,11 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
         problems = training_problems(recipe, levels, recipe.task.per_level * len(levels))
         problems += training_problems(recipe, recipe.sft.code_levels, recipe.sft.code_per_level * len(recipe.sft.code_levels),
                                       "code") if recipe.sft.code_levels else []
+        words = training_problems(recipe, recipe.sft.word_levels, recipe.sft.word_per_level * len(recipe.sft.word_levels),
+                                  "word") if recipe.sft.word_levels else []
         plans = training_problems(recipe, recipe.sft.plan_levels, recipe.sft.plan_per_level * len(recipe.sft.plan_levels))
-        dataset = sft_dataset(problems, tokenizer, style, plan_rows(plans, tokenizer, style) if plans else (),
-                              direct_fraction=recipe.sft.direct_fraction)
+        extra = (plan_rows(plans, tokenizer, style) if plans else []) + word_plan_rows(words, tokenizer)
+        dataset = sft_dataset(problems + words, tokenizer, style, extra, direct_fraction=recipe.sft.direct_fraction)
         return run_sft(recipe, model, tokenizer, dataset, output_dir, use_cpu)
     from reasoner.rl.grpo import run_grpo, trace_sink
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "demo", help="train the tiny MoE model (SFT + GRPO), evaluate it, and solve through the pipeline",
-        description="The main job on built-in CPU defaults: cold-start SFT and GRPO on generated arithmetic, "
-        "held-out evaluation, direct answering vs the LangGraph pipeline, and one problem through the Python "
-        "API. Writes runs/demo/summary.json. Rerunning resumes and skips finished stages.",
+        description="The main job on built-in CPU defaults: cold-start SFT (countdown, word problems, code) and GRPO "
+        "on countdown against an SFT arm at equal compute, held-out evaluation, the LangGraph pipeline against "
+        "direct answering, majority voting and a question-blind control, and one problem through the Python API. "
+        "Writes runs/demo/summary.json. Rerunning resumes and skips finished work.",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value of configs/recipes/demo.yaml, e.g. --set grpo.max_steps=50")
-    parser.add_argument("--pipeline-problems", type=int, default=200, help="problems for the pipeline comparison")
-    parser.add_argument("--pipeline-level", type=int, default=6, help="arithmetic level for that comparison")
+    parser.add_argument("--quick", action="store_true",
+                        help="plumbing check: a few problems per comparison (pair with small --set step counts)")
     parser.set_defaults(func=run)
 
 
@@ -21,5 +22,5 @@ def run(args) -> int:
     from reasoner.progress import quiet_libraries
 
     quiet_libraries()
-    run_demo(args.overrides, args.pipeline_problems, args.pipeline_level)
+    run_demo(args.overrides, quick=args.quick)
     return 0

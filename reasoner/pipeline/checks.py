@@ -1,80 +1,54 @@
 """Verdicts for the pipeline, delegating to reasoner.verify: {"verdict", "detail", "verifier"}.
 
-Math: equivalence with a reference when one is given, else re-computation when the question is a
-plain arithmetic expression (every arithmetic sub-step is), else "unknown". Code: the problem's
-tests, run in the sandbox.
+What a check may use is what a user has (see the package docstring): a reference answer only when the
+caller passed one, the calculator only on an expression the model wrote (a plan step), the countdown
+certificate checker on the numbers and target the question states, and the sandbox on the examples the
+problem shows. Never the user's own question evaluated, never a gold answer or a hidden test.
 """
 from __future__ import annotations
 
-import ast
-import operator
-from fractions import Fraction
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_MAX_MAGNITUDE = 10 ** 60  # re-computation is for checking steps, not for evaluating 9**9**9
-
-
-def recompute(question: str) -> str | None:
-    """The value of a +-*/ expression of numbers (e.g. "144+-37"), else None."""
-    text = question.strip().rstrip("=").strip()
-    if not text or len(text) > 500 or not any(c.isdigit() for c in text):
-        return None
-    try:
-        value = _evaluate(ast.parse(text, mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-        return None
-    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-
-
-def _evaluate(node: ast.AST) -> Fraction:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return Fraction(str(node.value))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _evaluate(node.operand)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        value = _OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
-        if abs(value) > _MAX_MAGNITUDE:
-            raise ValueError("too large")
-        return value
-    raise ValueError("not arithmetic")
+from reasoner.verify import answers_equal, calculate, check_certificate, extract_answer, extract_code
+from reasoner.verify import check_code as run_tests
 
 
 def verdict(result: str, detail: str, verifier: str) -> dict:
     return {"verdict": result, "detail": detail, "verifier": verifier}
 
 
-def check_math(answer: str | None, question: str, reference: str | None = None,
-               finish_reason: str = "stop") -> dict:
-    from reasoner.verify import answers_equal
+def answer_of(text: str, kind: str) -> str | None:
+    """The extracted answer (a program for code); an empty one ("<answer></answer>") is no answer."""
+    answer = extract_code(text) if kind == "code" else extract_answer(text)
+    return answer if answer and answer.strip() else None
 
+
+def check(kind: str, text: str, answer: str | None, question: str, *, model_written: bool = False,
+          reference: str | None = None, tests: list[str] = (), entry_point: str | None = None,
+          finish_reason: str = "stop") -> dict:
+    """One sample's verdict. `model_written`: the question is a plan step the model wrote, so the calculator
+    may evaluate it; the user's own question never is."""
     if answer is None:
-        why = "ran out of tokens before an <answer>" if finish_reason == "length" else "no <answer> found"
+        why = "ran out of tokens before an answer" if finish_reason == "length" else "no answer found"
         return verdict("fail", why, "format")
+    if kind == "countdown":
+        passed, detail = check_certificate(text, question)
+        return verdict("pass" if passed else "fail", detail, "certificate")
+    if kind == "code":
+        return check_examples(text, list(tests), entry_point)
     if reference is not None:
         same = answers_equal(reference, answer)
         return verdict("pass" if same else "fail", f"{answer} {'=' if same else '!='} reference", "reference")
-    expected = recompute(question)
+    expected = calculate(question) if model_written else None
     if expected is None:
-        return verdict("unknown", "no reference and not re-computable", "none")
+        return verdict("unknown", "nothing a user has can check this answer", "none")
     same = answers_equal(expected, answer)
-    return verdict("pass" if same else "fail", f"{question} = {answer}" if same else f"{question} is not {answer}",
-                   "recompute")
+    return verdict("pass" if same else "fail", f"{question} = {expected}" + ("" if same else f", not {answer}"),
+                   "calculator")
 
 
-def code_of(completion: str) -> str | None:
-    from reasoner.verify import extract_code
-
-    return extract_code(completion)
-
-
-def check_code(completion: str, tests: list[str], entry_point: str | None) -> dict:
-    try:
-        from reasoner.verify import check_code as run_tests
-    except ImportError:
-        return verdict("unknown", "the code sandbox is not installed", "sandbox")
+def check_examples(completion: str, tests: list[str], entry_point: str | None) -> dict:
+    """The program run in the sandbox on the examples the problem shows (never the grader's hidden tests)."""
     if not tests:
-        return verdict("unknown", "the problem has no tests", "sandbox")
+        return verdict("unknown", "the problem shows no examples to run", "sandbox")
     passed = run_tests(completion, tests, entry_point)
-    detail = f"passed {round(passed * len(tests))} of {len(tests)} tests"
+    detail = f"passed {round(passed * len(tests))} of {len(tests)} shown examples"
     return verdict("pass" if passed == 1.0 else "fail", detail, "sandbox")

@@ -1,17 +1,26 @@
 """The solving graph.
 
+The rule (also in the README): at solve time the pipeline uses only what a user has: the problem's text,
+the examples the problem itself shows, and tools applied to what the model wrote (the calculator on a
+plan step the model wrote, the sandbox running the model's program on the shown examples, the certificate
+checker on a proposed countdown expression). It never uses a gold answer, hidden tests, or an evaluation
+of the user's own question. `reference=` is checked only when a caller passes one.
+
     START -> plan -> schedule --Send per ready step--> solve_step -> schedule ... -> answer -> END
 
-`plan` asks for sub-problems (validated JSON, one repair, else the problem is one direct step), then asks
-again about the last step until it splits no further (so a planner taught on short problems plans long ones).
+`plan` (math) draws k plans in one batched call: JSON lists of steps, e.g. `["7+5","{}-4","{}+3*2"]`.
+Plans whose steps are all arithmetic are computed by the calculator, and the answer is the majority over
+plans (self-consistency); with no clear majority another k are drawn, up to `retries` times. A plan with
+steps in words goes to `solve_step` per step. Countdown and code are solved whole.
 `schedule` fans out, with `Send`, every step whose dependencies are solved, their results substituted.
 `solve_step` is a subgraph per sub-problem:
 
     START -> sample -> verify -> vote --failed, budget left--> reflect -> sample
                                      \\-> finish -> END
 
-`sample` draws k answers in one batched call; `verify` records a verdict per answer; `vote` takes the
-majority over verified answers; `reflect` feeds the failure back for a bounded retry.
+`sample` draws k answers in one batched call; `verify` records a verdict per answer (pipeline/checks.py);
+`vote` takes the majority over the answers that passed; `reflect` retries, with the failure fed back
+when `feedback` is on.
 
 The backend and the deadline come in the run context; everything else is state, so a run checkpointed
 by the SQLite saver resumes where it stopped and still yields one complete trace.
@@ -30,10 +39,11 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from reasoner.pipeline import checks, recording
-from reasoner.pipeline.backends import Backend, BackendError, Generation, Sampling
+from reasoner.pipeline.backends import Backend, BackendError, Generation
 from reasoner.pipeline.options import SolveOptions
-from reasoner.pipeline.plans import PlanError, Step, expand, parse_plan, plan_messages, ready_steps, substitute
+from reasoner.pipeline.plans import PlanError, Step, parse_plan, plan_messages, ready_steps, substitute
 from reasoner.pipeline.prompts import render, user
+from reasoner.verify import answers_equal, calculate, majority, same_text
 
 
 def merge(left: dict | None, right: dict | None) -> dict:
@@ -51,15 +61,16 @@ class RunContext:
 
 class RunState(TypedDict, total=False):
     problem: str
-    task: str                     # "math" or "code"
+    task: str                     # "math", "countdown" or "code" (a Question's kind)
     reference: str | None         # a known answer to check against, when the caller has one
-    tests: list[str]
+    tests: list[str]              # code: the examples the problem shows, as asserts
     entry_point: str | None
     options: dict
     plan: list[dict]
     decomposed: bool
-    fallback: bool                # the plan's answer failed the whole-problem check; solving directly
+    votes: dict                   # plan voting: {"answer", "votes", "plans"} when plans were computed
     results: Annotated[dict[str, dict], merge]  # step id -> {question, answer, verified, status, error}
+    drawn: Annotated[int, operator.add]         # model completions drawn, planner calls included
     spans: Annotated[list[dict], operator.add]
     events: Annotated[list[str], operator.add]
     answer: str | None
@@ -72,6 +83,7 @@ class StepState(TypedDict, total=False):
     step_id: str
     question: str
     task: str
+    model_written: bool           # a plan step: the calculator may check answers to it
     reference: str | None
     tests: list[str]
     entry_point: str | None
@@ -83,12 +95,14 @@ class StepState(TypedDict, total=False):
     started: float
     step_spans: Annotated[list[dict], operator.add]
     results: Annotated[dict[str, dict], merge]
+    drawn: Annotated[int, operator.add]
     spans: Annotated[list[dict], operator.add]
     events: Annotated[list[str], operator.add]
 
 
 class StepOutput(TypedDict, total=False):
     results: Annotated[dict[str, dict], merge]
+    drawn: Annotated[int, operator.add]
     spans: Annotated[list[dict], operator.add]
     events: Annotated[list[str], operator.add]
 
@@ -102,61 +116,92 @@ def _options(state) -> SolveOptions:
     return SolveOptions(**state["options"])
 
 
+def _ask(runtime: Runtime[RunContext], messages: list[dict], n: int, sampling) -> list[Generation]:
+    remaining = runtime.context.remaining()
+    if remaining <= 0:
+        raise BackendError("the time budget is spent")
+    return runtime.context.backend.generate(messages, n, sampling, timeout=remaining)
+
+
 # ---------------------------------------------------------------- plan
 
 
 def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
     options, started = _options(state), time.time()
-    if not options.decompose or state.get("task") != "math":
-        return _direct(state, [], started, "decomposition off" if not options.decompose else "code: solved whole")
+    if state.get("task") != "math":
+        return _direct(state, [], started, f"{state.get('task')}: solved whole")
+    if not options.decompose:
+        return _direct(state, [], started, "decomposition off")
     progress(node="plan", problem=state["problem"])
-    messages, spans = plan_messages(state["problem"]), []
-    for attempt in ("plan", "repair"):
+    spans, plans, drawn = [], [], 0
+    for attempt in range(options.retries + 1):
         try:
-            text = _ask_planner(runtime, messages, options, spans, attempt)
+            generations = _ask(runtime, plan_messages(state["problem"]), options.samples, options.sampling(attempt))
         except BackendError as err:
-            return _direct(state, spans, started, f"planner unavailable: {err}")
-        try:
-            steps = parse_plan(text)
-        except PlanError as err:
-            spans.append(recording.event(f"invalid {attempt}", str(err)))
-            messages = [*messages, {"role": "assistant", "content": text}, *user(render("repair", error=str(err)))]
-            continue
-        steps = expand(steps, lambda question: _split(runtime, question, options, spans))
-        plan_span = recording.node("plan", spans, started, steps=len(steps))
-        return {"plan": [s.to_dict() for s in steps], "decomposed": True, "spans": [plan_span]}
-    return _direct(state, spans, started, "no valid plan after one repair")
+            spans.append(recording.event("plan", str(err), attempt=attempt))
+            break
+        drawn += len(generations)
+        spans += recording.model_calls(generations, options.sampling(attempt).to_dict(),
+                                       runtime.context.backend.name, name="plan")
+        plans += [_read_plan(g.text) for g in generations]
+        if _settled(plans) or runtime.context.remaining() <= 0:
+            break
+        progress(node="replan", problem=state["problem"], attempt=attempt + 1)
+    return _choose_plan(state, plans, spans, started, drawn)
 
 
-def _ask_planner(runtime: Runtime[RunContext], messages: list[dict], options: SolveOptions, spans: list[dict],
-                 name: str) -> str:
-    """One greedy planner call, recorded in `spans`; BackendError when the backend fails."""
-    generation = _ask(runtime, messages, 1, Sampling(0.0, 1.0, options.max_tokens, options.seed))[0]
-    spans += recording.model_calls([generation], {"temperature": 0.0}, runtime.context.backend.name, name=name)
-    return generation.text
-
-
-def _split(runtime: Runtime[RunContext], question: str, options: SolveOptions, spans: list[dict]) -> str | None:
-    """One more planner call, about one step of the plan (see plans.expand); None ends the expansion."""
+def _read_plan(text: str) -> dict:
+    """A sampled plan: its steps, and each step's value when the calculator can compute them all."""
     try:
-        return _ask_planner(runtime, plan_messages(question), options, spans, "split")
-    except BackendError as err:
-        spans.append(recording.event("split", str(err)))
-        return None
+        steps = parse_plan(text)
+    except PlanError as err:
+        return {"steps": None, "error": str(err)}
+    values: dict[str, str] = {}
+    for step in steps:
+        value = calculate(substitute(step.q, values))
+        if value is None:
+            return {"steps": steps, "values": None}
+        values[str(step.id)] = value
+    return {"steps": steps, "values": values, "answer": values[str(steps[-1].id)]}
+
+
+def _settled(plans: list[dict]) -> bool:
+    """A strict majority of the computed plans agree on the answer (or no plan could be computed)."""
+    answers = [p["answer"] for p in plans if p.get("values")]
+    if not answers:
+        return False
+    return Counter(answers).most_common(1)[0][1] * 2 > len(answers)
+
+
+def _choose_plan(state: RunState, plans: list[dict], spans: list[dict], started: float, drawn: int) -> dict:
+    computed = [p for p in plans if p.get("values")]
+    if computed:
+        answer, votes = majority([p["answer"] for p in computed])
+        chosen = next(p for p in computed if p["answer"] == answer)
+        results = {sid: {"question": substitute(step.q, chosen["values"]), "answer": chosen["values"][sid],
+                         "status": "computed", "verified": False, "attempts": 0, "error": None}
+                   for step in chosen["steps"] if (sid := str(step.id))}
+        vote = {"answer": answer, "votes": votes, "plans": len(plans), "computed": len(computed)}
+        span = recording.node("plan", spans, started, steps=len(chosen["steps"]), **vote)
+        progress(node="vote", answer=answer, votes=votes, samples=len(plans))
+        return {"plan": [s.to_dict() for s in chosen["steps"]], "decomposed": True, "results": results,
+                "votes": vote, "drawn": drawn, "spans": [span]}
+    valid = [p for p in plans if p["steps"]]
+    if valid:  # steps in words: the model solves each (the most common plan, by its text)
+        texts = [str([s.q for s in p["steps"]]) for p in valid]
+        chosen = valid[texts.index(Counter(texts).most_common(1)[0][0])]
+        span = recording.node("plan", spans, started, steps=len(chosen["steps"]), plans=len(plans))
+        return {"plan": [s.to_dict() for s in chosen["steps"]], "decomposed": True, "drawn": drawn, "spans": [span]}
+    errors = Counter(p["error"] for p in plans).most_common(1)
+    why = f"no valid plan in {len(plans)} samples" + (f" ({errors[0][0]})" if errors else "")
+    return {**_direct(state, spans, started, why), "drawn": drawn}
 
 
 def _direct(state: RunState, spans: list[dict], started: float, why: str) -> dict:
-    """The whole problem as one step: the fallback for a missing or unusable plan."""
+    """The whole problem as one step: for countdown and code, and when no plan is usable."""
     step = Step(1, state["problem"], ())
     return {"plan": [step.to_dict()], "decomposed": False, "events": [f"solving directly: {why}"],
             "spans": [recording.node("plan", spans, started, direct=True, reason=why)]}
-
-
-def _ask(runtime: Runtime[RunContext], messages: list[dict], n: int, sampling: Sampling) -> list[Generation]:
-    remaining = runtime.context.remaining()
-    if remaining <= 0:
-        raise BackendError("the time budget is spent")
-    return runtime.context.backend.generate(messages, n, sampling, timeout=remaining)
 
 
 # ---------------------------------------------------------------- fan-out
@@ -177,65 +222,58 @@ def dispatch(state: RunState, runtime: Runtime[RunContext]) -> list[Send] | str:
     values = {key: r["answer"] for key, r in results.items()}
     return [Send("solve_step", {
         "step_id": str(step.id), "question": substitute(step.q, values), "task": state["task"],
-        "reference": state.get("reference") if step.q == state["problem"] else None, "tests": state.get("tests") or [],
-        "entry_point": state.get("entry_point"), "options": state["options"], "attempt": 0,
-        "feedback": None, "started": time.time()}) for step in ready_steps(steps, results)]
+        "model_written": bool(state.get("decomposed")),
+        "reference": state.get("reference") if not state.get("decomposed") else None,
+        "tests": state.get("tests") or [], "entry_point": state.get("entry_point"), "options": state["options"],
+        "attempt": 0, "feedback": None, "started": time.time()}) for step in ready_steps(steps, results)]
 
 
 # ---------------------------------------------------------------- one sub-problem
 
 
 def sample(state: StepState, runtime: Runtime[RunContext]) -> dict:
-    options = _options(state)
-    progress(node="sample", step=state["step_id"], question=state["question"], attempt=state["attempt"])
-    feedback = state.get("feedback")
+    options, attempt = _options(state), state["attempt"]
+    progress(node="sample", step=state["step_id"], question=state["question"], attempt=attempt)
+    feedback = state.get("feedback") if options.feedback else None
     content = render("reflect", question=state["question"], **feedback) if feedback else \
         render("solve", question=state["question"])
+    sampling = options.sampling(attempt)
     try:
-        generations = _ask(runtime, user(content), options.samples, options.sampling())
+        generations = _ask(runtime, user(content), options.samples, sampling)
     except BackendError as err:
         return {"samples": [], "events": [f"step {state['step_id']}: {err}"],
-                "step_spans": [recording.event("sample", str(err), attempt=state["attempt"])]}
-    samples = [{"text": g.text, "finish_reason": g.finish_reason, "answer": _answer_of(g.text, state["task"])}
+                "step_spans": [recording.event("sample", str(err), attempt=attempt)]}
+    samples = [{"text": g.text, "finish_reason": g.finish_reason, "answer": checks.answer_of(g.text, state["task"])}
                for g in generations]
-    calls = recording.model_calls(generations, options.sampling().to_dict(), runtime.context.backend.name)
-    return {"samples": samples, "step_spans": [recording.node("sample", calls, attempt=state["attempt"])]}
-
-
-def _answer_of(text: str, task: str) -> str | None:
-    """The extracted answer; an empty one ("<answer></answer>") is no answer."""
-    if task == "code":
-        answer = checks.code_of(text)
-    else:
-        from reasoner.verify import extract_answer
-
-        answer = extract_answer(text)
-    return answer if answer and answer.strip() else None
+    calls = recording.model_calls(generations, sampling.to_dict(), runtime.context.backend.name)
+    return {"samples": samples, "drawn": len(generations),
+            "step_spans": [recording.node("sample", calls, attempt=attempt)]}
 
 
 def verify(state: StepState) -> dict:
     options, samples = _options(state), []
     for item in state["samples"]:
-        if not options.verify:
-            verdict = checks.verdict("unknown", "verification off", "none")
-        elif state["task"] == "code":
-            verdict = checks.check_code(item["text"], state["tests"], state.get("entry_point"))
+        if options.verify:
+            verdict = checks.check(state["task"], item["text"], item["answer"], state["question"],
+                                   model_written=state.get("model_written", False), reference=state.get("reference"),
+                                   tests=state.get("tests") or [], entry_point=state.get("entry_point"),
+                                   finish_reason=item["finish_reason"])
         else:
-            verdict = checks.check_math(item["answer"], state["question"], state.get("reference"),
-                                        item["finish_reason"])
+            verdict = checks.verdict("unknown", "verification off", "none")
         samples.append({**item, "verdict": verdict})
     spans = [recording.verdict(s["verdict"], sample=i, answer=s["answer"]) for i, s in enumerate(samples)]
     return {"samples": samples, "step_spans": [recording.node("verify", spans, attempt=state["attempt"])]}
 
 
 def vote(state: StepState) -> dict:
-    """Majority over verified answers; over unverifiable ones when nothing could be checked."""
+    """Majority over the answers that passed; over unverifiable ones when nothing could check them."""
     samples = [s for s in state["samples"] if s["answer"] is not None]
     by_verdict = {v: [s for s in samples if s["verdict"]["verdict"] == v] for v in ("pass", "unknown", "fail")}
     status, pool = next(((status, by_verdict[v]) for v, status in
                          (("pass", "verified"), ("unknown", "unverified"), ("fail", "failed")) if by_verdict[v]),
                         ("failed", []))
-    answer, count = majority([s["answer"] for s in pool])
+    same = answers_equal if state["task"] == "math" else same_text  # programs and expressions: as written
+    answer, count = majority([s["answer"] for s in pool], same)
     failure = next((s for s in state["samples"] if s["verdict"]["verdict"] != "pass"), None)
     chosen = {"answer": answer, "status": status, "votes": count,
               "failure": {"answer": failure["answer"] or "(none)", "feedback": failure["verdict"]["detail"]}
@@ -243,18 +281,6 @@ def vote(state: StepState) -> dict:
     span = recording.node("vote", [], answer=answer, outcome=status, votes=count, samples=len(state["samples"]),
                           verdicts=dict(Counter(s["verdict"]["verdict"] for s in state["samples"])))
     return {"chosen": chosen, "step_spans": [span]}
-
-
-def majority(answers: list[str]) -> tuple[str | None, int]:
-    """The most common answer, equal answers ("0.5", "1/2") counted together; ties go to the first."""
-    from reasoner.verify import answers_equal
-
-    groups: list[list[str]] = []
-    for answer in answers:
-        group = next((g for g in groups if answers_equal(g[0], answer)), None)
-        group.append(answer) if group else groups.append([answer])
-    best = max(groups, key=len, default=[])
-    return (best[0] if best else None), len(best)
 
 
 def after_vote(state: StepState, runtime: Runtime[RunContext]) -> str:
@@ -309,7 +335,7 @@ def build_step_graph():
 # ---------------------------------------------------------------- answer
 
 
-def answer(state: RunState, runtime: Runtime[RunContext]) -> dict:
+def answer(state: RunState) -> dict:
     steps, results = state["plan"], state.get("results") or {}
     last = results.get(str(steps[-1]["id"]))
     if last is None or last["answer"] is None:
@@ -318,39 +344,26 @@ def answer(state: RunState, runtime: Runtime[RunContext]) -> dict:
         status = "failed" if unsolved else "timeout"
         return {"answer": None, "verified": False, "status": status, "error": error,
                 "spans": [recording.event("answer", error)]}
-    counted = steps[-1:] if state.get("fallback") else steps  # after a fallback only the direct answer counts
-    statuses = {results[str(s["id"])]["status"] for s in counted}
-    whole, spans = None, []
-    if state.get("decomposed") and _options(state).verify:
-        # The steps can each be right and the plan still wrong: check the whole answer where possible.
-        check = checks.check_math(last["answer"], state["problem"], state.get("reference"))
-        whole = check["verdict"]
-        spans.append(recording.verdict(check, name="verify answer"))
-    if whole == "fail" and not state.get("fallback") and runtime.context.remaining() > 0:
-        return _fall_back(state, last["answer"], spans)
-    if whole == "fail" or (whole != "pass" and "failed" in statuses):
-        status = "rejected"  # a check failed: the answer is the best remaining guess
-    elif whole == "pass" or statuses == {"verified"}:
-        status = "verified"
-    else:
-        status = "unverified"
-    verified = status == "verified"
+    status, spans = _status(state, last, [results[str(s["id"])]["status"] for s in steps]), []
+    if state.get("decomposed") and state.get("reference") is not None:
+        spans.append(recording.verdict(checks.check("math", "", last["answer"], state["problem"],
+                                                    reference=state["reference"]), name="verify answer"))
     progress(node="answer", answer=last["answer"], status=status)
-    return {"answer": last["answer"], "verified": verified, "status": status, "error": None,
+    return {"answer": last["answer"], "verified": status == "verified", "status": status, "error": None,
             "spans": [recording.node("answer", spans, answer=last["answer"], outcome=status)]}
 
 
-def _fall_back(state: RunState, rejected: str, spans: list[dict]) -> dict:
-    """The plan's answer failed the whole-problem check: solve the problem directly, as one more step."""
-    step = Step(max(s["id"] for s in state["plan"]) + 1, state["problem"], ())
-    why = f"the plan's answer {rejected} failed the whole-problem check: solving directly"
-    return {"plan": [*state["plan"], step.to_dict()], "fallback": True, "events": [why],
-            "spans": [recording.node("answer", spans, answer=rejected, outcome="rejected", fallback=True)]}
-
-
-def after_answer(state: RunState) -> str:
-    direct_pending = str(state["plan"][-1]["id"]) not in (state.get("results") or {})
-    return "schedule" if state.get("fallback") and direct_pending else END
+def _status(state: RunState, last: dict, statuses: list[str]) -> str:
+    """verified: a check of the whole problem passed (the shown examples, the certificate, the caller's
+    reference). A plan's steps can each be right and the plan still wrong, so computed steps alone leave the
+    answer unverified. rejected: a check failed, and the answer is the best remaining guess."""
+    if "failed" in statuses:
+        return "rejected"
+    if state.get("decomposed"):
+        if state.get("reference") is None:
+            return "unverified"
+        return "verified" if answers_equal(state["reference"], last["answer"]) else "rejected"
+    return "verified" if last["status"] == "verified" else "unverified"
 
 
 def build_graph(checkpointer=None):
@@ -363,5 +376,5 @@ def build_graph(checkpointer=None):
     builder.add_edge("plan", "schedule")
     builder.add_conditional_edges("schedule", dispatch, ["solve_step", "answer"])
     builder.add_edge("solve_step", "schedule")
-    builder.add_conditional_edges("answer", after_answer, ["schedule", END])
+    builder.add_edge("answer", END)
     return builder.compile(checkpointer=checkpointer)

@@ -107,31 +107,6 @@ def substitute(question: str, results: dict[str, str]) -> str:
     return _REFERENCE.sub(lambda m: results.get(m.group(1), m.group(0)), question)
 
 
-def expand(steps: list[Step], split, max_steps: int = 32) -> list[Step]:
-    """Ask `split` again about the last step, and put its sub-plan in that step's place, until it is whole.
-
-    `split(question)` returns a plan text (a planner call) or None. The planner is shown the step with
-    its use of the previous step written `{}`, so each call is the same small job, splitting off the first
-    operation, however long the problem: a planner taught on short problems plans long ones.
-    """
-    while 1 < len(steps) < max_steps:  # a one-step plan is the planner's word that the problem is whole
-        last, previous = steps[-1], steps[-2].id
-        if set(last.deps) - {previous}:
-            break  # it also uses older results, which a sub-plan could not name
-        question = last.q.replace(f"{{{previous}}}", _PREVIOUS)
-        text = split(question)
-        try:
-            sub = parse_plan(text, first_id=last.id, previous=previous) if text else []
-        except PlanError:
-            break
-        if len(sub) < 2 or len(steps) - 1 + len(sub) > max_steps or {s.id for s in sub} & {s.id for s in steps[:-1]}:
-            break
-        if len(sub[-1].q) >= len(last.q):
-            break  # no progress: what is left is no shorter than the step it came from
-        steps = steps[:-1] + sub
-    return steps
-
-
 def ready_steps(steps: Iterable[Step], done: Iterable[str]) -> list[Step]:
     """Unsolved steps whose dependencies are all solved: the next wave to fan out."""
     done = set(done)
@@ -211,7 +186,7 @@ def arithmetic_step_problems(problems) -> list:
     A planned step reads `-13+7` where the problem itself only ever had digits 0-9: a solver taught on
     whole problems alone has never seen a question start with a negative or two-digit number.
     """
-    from reasoner.pipeline.checks import recompute
+    from reasoner.verify import calculate
     from reasoner.tasks.arithmetic import make_problem
 
     seen: dict[str, object] = {}
@@ -219,7 +194,7 @@ def arithmetic_step_problems(problems) -> list:
         results: dict[str, str] = {}
         for step in parse_plan(plan_text(arithmetic_plan(getattr(problem, "question", problem)))):
             question = substitute(step.q, results)
-            results[str(step.id)] = recompute(question)
+            results[str(step.id)] = calculate(question)
             left, op, right = _BINARY.fullmatch(question).groups()
             seen.setdefault(question, make_problem([left, op, right], level=0))
     return list(seen.values())

@@ -6,8 +6,7 @@ Every task has `name`, `levels` and `problems(split, n, level=None, seed=0) -> l
 from __future__ import annotations
 
 from reasoner.errors import ReasonerError
-from reasoner.tasks.base import SPLITS, Problem, Task, split_of
-from reasoner.tasks.grading import grade_completion
+from reasoner.tasks.base import SPLITS, Problem, Question, Task, split_of
 from reasoner.tasks.registry import TASKS
 
 
@@ -17,4 +16,4 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-__all__ = ["SPLITS", "TASKS", "Problem", "Task", "get_task", "grade_completion", "split_of"]
+__all__ = ["SPLITS", "TASKS", "Problem", "Question", "Task", "get_task", "split_of"]

@@ -6,12 +6,32 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Protocol
 
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "validation", "heldout")
+# What a solver is asked to do, by task: "math" (an answer to vote on), "countdown" (a proposal the
+# question's own numbers and target certify), "code" (a program run on the examples the problem shows).
+KINDS = {"countdown": "countdown", "code": "code", "humaneval": "code"}
+
+
+@dataclass(frozen=True)
+class Question:
+    """What a solver receives: the problem as a user has it, and nothing a grader keeps back.
+
+    There is no gold answer and no hidden test here, by construction: the pipeline, its verifiers and
+    the API take Questions, and only reasoner.evaluation's grader sees a Problem.
+    """
+
+    text: str
+    kind: str = "math"
+    examples: tuple[str, ...] = ()     # tests the problem itself shows (code), as assert statements
+    entry_point: str | None = None
 
 
 @dataclass
 class Problem:
-    """A problem with its gold answer; `trace` is a worked `<think>` text where the task has one."""
+    """A problem with its gold answer (the grader's); `trace` is a worked `<think>` text where the task has one.
+
+    `tests` are the grader's hidden tests; `examples` are the ones the question text shows the solver.
+    """
 
     id: str
     question: str
@@ -19,9 +39,18 @@ class Problem:
     task: str
     level: int = 0
     trace: str | None = None
-    tests: list[str] = field(default_factory=list)   # code tasks: assert statements
+    tests: list[str] = field(default_factory=list)   # code tasks: hidden assert statements (grader only)
     entry_point: str | None = None                   # code tasks: the function under test
     meta: dict[str, Any] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)  # code tasks: the asserts the question shows
+
+    @property
+    def kind(self) -> str:
+        return KINDS.get(self.task, "math")
+
+    def for_solver(self) -> Question:
+        """The question as a user has it: text, shown examples, entry point. Never the answer or hidden tests."""
+        return Question(self.question, self.kind, tuple(self.examples), self.entry_point)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,10 +67,13 @@ class Task(Protocol):
     def problems(self, split: str, n: int, level: int | None = None, seed: int = 0) -> list[Problem]: ...
 
 
-def split_of(canonical: str, heldout_percent: int = 10) -> str:
-    """A problem's split is a pure function of its text, so train and held-out never share one."""
-    digest = int(hashlib.sha256(canonical.encode()).hexdigest()[:8], 16)
-    return "heldout" if digest % 100 < heldout_percent else "train"
+def split_of(canonical: str, heldout_percent: int = 10, validation_percent: int = 5) -> str:
+    """A problem's split is a pure function of its text, so train, validation (where settings are chosen)
+    and held-out (the test split, reported once) never share one."""
+    bucket = int(hashlib.sha256(canonical.encode()).hexdigest()[:8], 16) % 100
+    if bucket < heldout_percent:
+        return "heldout"
+    return "validation" if bucket < heldout_percent + validation_percent else "train"
 
 
 def check_split(split: str) -> None:

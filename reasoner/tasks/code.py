@@ -94,21 +94,28 @@ def make_spec(rng: random.Random, level: int) -> Spec:
     return Spec(question, code, "xs", fn, steps)
 
 
+SHOWN, HIDDEN = 2, 5  # examples the question shows (the solver may run them), tests only the grader runs
+
+
 def test_inputs(rng: random.Random, arg: str) -> list:
+    """SHOWN + HIDDEN distinct inputs, the shown ones first; for lists the empty list is always hidden."""
     if arg == "x":
-        return rng.sample(range(0, 30), 4)
-    lists = {(): None}  # the empty list always: it catches a missing default
-    while len(lists) < 4:
+        return rng.sample(range(0, 30), SHOWN + HIDDEN)
+    lists: dict[tuple, None] = {}
+    while len(lists) < SHOWN + HIDDEN - 1:
         lists[tuple(rng.randint(0, MAX_ITEM) for _ in range(rng.randint(1, 6)))] = None
-    return [list(items) for items in lists]
+    return [list(items) for items in lists] + [[]]  # the empty list catches a missing default
 
 
 def make_problem(spec: Spec, level: int) -> Problem:
     rng = random.Random(spec.question)  # same question, same tests, on every machine
-    tests = [f"assert f({value!r}) == {spec.fn(value)!r}" for value in test_inputs(rng, spec.arg)]
+    cases = [(value, spec.fn(value)) for value in test_inputs(rng, spec.arg)]
+    shown = " and ".join(f"f({value!r}) == {result!r}" for value, result in cases[:SHOWN])
     program = f"def f({spec.arg}):\n    return {spec.code}"
-    return Problem(id=f"code-{level}-{spec.code}", question=spec.question, answer=program, task="code",
-                   level=level, trace=spec.plan, tests=tests, entry_point="f")
+    return Problem(id=f"code-{level}-{spec.code}", question=f"{spec.question} For example, {shown}.",
+                   answer=program, task="code", level=level, trace=spec.plan, entry_point="f",
+                   examples=[f"assert f({value!r}) == {result!r}" for value, result in cases[:SHOWN]],
+                   tests=[f"assert f({value!r}) == {result!r}" for value, result in cases[SHOWN:]])
 
 
 class CodeTask(GeneratedTask):

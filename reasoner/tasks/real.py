@@ -11,6 +11,8 @@ Levels: none of these files carries difficulty levels, so every problem is level
 """
 from __future__ import annotations
 
+import ast
+import doctest
 import json
 import os
 import random
@@ -112,5 +114,27 @@ class HumanEvalTask(BenchmarkTask):
         return tuple(
             Problem(id=row["task_id"], question=HUMANEVAL_INSTRUCTION + f"```python\n{row['prompt']}```",
                     answer=f"```python\n{row['prompt']}{row['canonical_solution']}```", task="humaneval",
-                    tests=[row["test"]], entry_point=row["entry_point"])
+                    tests=[row["test"]], entry_point=row["entry_point"], examples=doctest_examples(row["prompt"], row["entry_point"]))
             for row in read_problems().values())
+
+
+_ARROW = re.compile(r"^\s*(?P<call>{name}\(.*\))\s*(?:==>|=>|==|➞|->|→|returns|should return|=)\s*(?P<want>.+?)\s*$")
+
+
+def doctest_examples(prompt: str, entry_point: str) -> list[str]:
+    """The examples HumanEval's docstring shows the solver (`>>> call` and its output, or `call ==> value`
+    lines), as assert statements; its check() stays with the grader. An example whose output is not a Python
+    literal is skipped."""
+    pairs = [(e.source.strip(), e.want.strip()) for e in doctest.DocTestParser().get_examples(prompt)]
+    if not pairs:
+        arrow = re.compile(_ARROW.pattern.format(name=re.escape(entry_point)))
+        pairs = [(m["call"], m["want"].rstrip(".,")) for line in prompt.splitlines() if (m := arrow.match(line))]
+    asserts = []
+    for source, want in pairs:
+        try:
+            ast.literal_eval(want)
+            ast.parse(source, mode="eval")
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        asserts.append(f"assert {source} == {want}")
+    return asserts

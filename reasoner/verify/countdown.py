@@ -60,6 +60,41 @@ def countdown_correct(expression: str, numbers: list[int], target: int) -> bool:
     return result is not None and result[0] == target and Counter(result[1]) == Counter(numbers)
 
 
+_QUESTION = re.compile(r"numbers\s*\[([\d,\s]+)\].*?\bmake\s+(\d+)", re.DOTALL)
+
+
+def countdown_question(question: str) -> tuple[list[int], int] | None:
+    """(numbers, target) as a countdown question states them ("Using the numbers [2, 3, 7], make 23."),
+    else None. This is what the problem shows the user, so a solver may check proposals against it."""
+    found = _QUESTION.search(question) if isinstance(question, str) else None
+    if not found:
+        return None
+    numbers = [int(n) for n in re.findall(r"\d+", found.group(1))]
+    return (numbers, int(found.group(2))) if numbers else None
+
+
+def check_certificate(completion: str, question: str) -> tuple[bool, str]:
+    """The certificate check the pipeline may run: does the proposed expression reach the target the
+    question states, using each of its numbers once? (passed, why) -- it checks a proposal, it never solves."""
+    stated = countdown_question(question)
+    if stated is None:
+        return False, "the question does not state numbers and a target"
+    numbers, target = stated
+    answer = extract_answer(completion)
+    if answer is None:
+        return False, "no <answer> found"
+    if countdown_correct(answer, numbers, target):
+        return True, f"{answer} = {target}"
+    result = evaluate_expression(answer.split("=")[0])
+    if result is None:
+        return False, f"{answer} is not an expression of the numbers"
+    if Counter(result[1]) != Counter(numbers):
+        return False, f"{answer} does not use each of {numbers} exactly once"
+    value = result[0]
+    shown = value.numerator if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    return False, f"{answer} = {shown}, not {target}"
+
+
 def check_countdown(completion: str, reference: str) -> bool:
     """Grade a completion against a reference solution, which fixes both the numbers and the target.
 

@@ -1,0 +1,25 @@
+"""Majority voting, one function for the pipeline's vote and the evaluation's maj@N baseline."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from reasoner.verify.answers import answers_equal
+
+
+def majority(answers: Sequence[str | None], same: Callable[[str, str], bool] = answers_equal
+             ) -> tuple[str | None, int]:
+    """The most common answer and its count; `same` groups equal answers ("0.5" and "1/2" for math,
+    identical text for programs and expressions). Missing answers get no vote; ties go to the first."""
+    groups: list[list[str]] = []
+    for answer in answers:
+        if answer is None or not str(answer).strip():
+            continue
+        group = next((g for g in groups if same(g[0], answer)), None)
+        group.append(answer) if group else groups.append([answer])
+    best = max(groups, key=len, default=[])
+    return (best[0] if best else None), len(best)
+
+
+def same_text(a: str, b: str) -> bool:
+    """Equality for programs and expressions: the same text, ignoring whitespace."""
+    return "".join(a.split()) == "".join(b.split())
