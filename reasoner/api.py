@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from reasoner.errors import ReasonerError
+from reasoner.tasks.base import Question
 
+KINDS = ("math", "countdown", "code")  # what the pipeline solves: an answer, a certified proposal, a program
 MAX_PROBLEM_CHARS = 50_000
 CHECKPOINT_FILENAME = "pipeline.db"
 
@@ -40,6 +42,7 @@ class Solution:
     decomposed: bool = False
     events: list[str] = field(default_factory=list)  # fallbacks taken: repair failed, backend errors
     elapsed_s: float = 0.0
+    samples_drawn: int = 0           # model completions the run drew, planner calls included
 
     @property
     def run_id(self) -> str:
@@ -57,7 +60,6 @@ class Solution:
     def __repr__(self) -> str:
         return (f"Solution(answer={self.answer!r}, status={self.status!r}, verified={self.verified}, "
                 f"steps={len(self.steps)}, trace_id={self.trace_id!r}, elapsed_s={self.elapsed_s})")
-
 
 
 def default_checkpoint_path() -> Path:
@@ -99,29 +101,27 @@ class Reasoner:
 
     # ------------------------------------------------------------ solving
 
-    def solve(self, problem: str, *, task: str | None = None, reference: str | None = None,
+    def solve(self, problem: str | Question, *, task: str | None = None, reference: str | None = None,
               tests: list[str] | str | None = None, entry_point: str | None = None, run_id: str | None = None,
               progress: Callable[[dict], None] | None = None, **options: Any) -> Solution:
         """Solve one problem. `reference`: a known answer to verify against (leave it out when
         measuring); `tests`/`entry_point`: for code (one test may be given as a string; tests imply
-        task='code'); `progress`: called with each progress event."""
+        task='code'); `progress`: called with each progress event. A `Question` (what a task's
+        `Problem.for_solver()` gives) brings its own kind, shown examples and entry point."""
+        if isinstance(problem, Question):
+            problem, task, tests, entry_point = problem.text, problem.kind, list(problem.examples), problem.entry_point
         task, reference, tests = _check_arguments(task, reference, tests, entry_point, run_id, progress)
         _check_problem(problem, task)
         opts = self.defaults.of(**{**self.defaults.to_dict(), **options})
         inputs = {"problem": problem.strip(), "task": task, "reference": reference, "tests": list(tests or ()),
-                  "entry_point": entry_point, "options": opts.to_dict(), "results": {}, "spans": [], "events": []}
+                  "entry_point": entry_point, "options": opts.to_dict(), "results": {}, "drawn": 0, "spans": [],
+                  "events": []}
         return self._run(inputs, run_id or uuid.uuid4().hex, opts.time_budget, progress)
 
     def solve_many(self, problems: Iterable[Any], **options: Any) -> list[Solution]:
-        """Problems are strings or task Problems (question, task, tests, entry_point; not their answers)."""
-        solutions = []
-        for problem in problems:
-            if isinstance(problem, str):
-                solutions.append(self.solve(problem, **options))
-            else:
-                solutions.append(self.solve(problem.question, task=_pipeline_task(problem), tests=problem.tests,
-                                            entry_point=problem.entry_point, **options))
-        return solutions
+        """Problems are strings, Questions, or task Problems, of which the solver gets only `for_solver()`:
+        the text and the examples it shows, never the answer or the hidden tests."""
+        return [self.solve(p if isinstance(p, (str, Question)) else p.for_solver(), **options) for p in problems]
 
     def resume(self, run_id: str, progress: Callable[[dict], None] | None = None) -> Solution:
         """Continue an interrupted run from its last checkpoint (a finished run is just returned)."""
@@ -244,12 +244,8 @@ def _check_problem(problem: Any, task: str) -> None:
         raise ReasonerError("the problem is empty")
     if len(problem) > MAX_PROBLEM_CHARS:
         raise ReasonerError(f"the problem is {len(problem):,} characters; the limit is {MAX_PROBLEM_CHARS:,}")
-    if task not in ("math", "code"):
-        raise ReasonerError(f"task {task!r}: expected 'math' or 'code'")
-
-
-def _pipeline_task(problem) -> str:
-    return "code" if getattr(problem, "tests", None) else "math"
+    if task not in KINDS:
+        raise ReasonerError(f"task {task!r}: expected one of {', '.join(KINDS)}")
 
 
 def _solution(state: dict, trace_id: str, elapsed: float) -> Solution:
@@ -259,4 +255,4 @@ def _solution(state: dict, trace_id: str, elapsed: float) -> Solution:
     return Solution(problem=state["problem"], answer=state.get("answer"), verified=bool(state.get("verified")),
                     steps=steps, trace_id=trace_id, status=state.get("status") or "failed", error=state.get("error"),
                     decomposed=bool(state.get("decomposed")), events=list(state.get("events") or ()),
-                    elapsed_s=round(elapsed, 3))
+                    elapsed_s=round(elapsed, 3), samples_drawn=int(state.get("drawn") or 0))

@@ -21,13 +21,33 @@ def _f(default, **constraints):
 
 
 @dataclass
+class TrainData:
+    """GSM8K's and MATH's train splits for GRPO prompts: a JSON-lines path you give, or "hub" to load them with
+    `datasets.load_dataset` (online only). When any is set, training draws from these instead of the task."""
+    gsm8k: str | None = _f(None)                   # openai/grade-school-math train.jsonl, or "hub"
+    math: str | None = _f(None)                    # MATH train (jsonl, or hendrycks' folder of .json), or "hub"
+
+
+@dataclass
+class ParallelConfig:
+    """The GPU layout a real run is planned for (`reasoner train RECIPE --dry-run`, rl/dryrun.py); the run itself
+    takes the same accelerate config through `accelerate launch --config_file`."""
+    accelerate_config: str | None = _f(None)       # packaged name (ddp, fsdp, zero3) or a path; None: one process
+    gpus: int = _f(1, minimum=1)
+    gpu: str = _f("h100", enum=["h100", "h200", "h800", "a100"])
+    mfu: float = _f(0.3, exclusiveMinimum=0, maximum=1)  # assumed model FLOPs utilisation for the step time
+    prompt_length: int = _f(256, minimum=1)        # planned prompt tokens (TRL does not truncate prompts)
+
+
+@dataclass
 class TaskConfig:
-    name: str = _f("arithmetic", enum=["arithmetic", "countdown", "code", "gsm8k", "math500", "humaneval"])
+    name: str = _f("arithmetic", enum=["arithmetic", "countdown", "code", "word", "gsm8k", "math500", "humaneval"])
     train_levels: list[int] = _f([1, 2, 3])
     per_level: int = _f(4000, minimum=1)          # generated training problems per level
     eval_level: int | None = _f(3)                # the held-out "hard" split
     n_eval: int = _f(500, minimum=1)
     prompt_style: str = _f("plain", enum=["plain", "r1"])
+    train_data: TrainData = field(default_factory=TrainData)  # real train splits (rl/traindata.py)
 
 
 @dataclass
@@ -43,6 +63,8 @@ class SFTStage:
     plan_per_level: int = _f(2000, minimum=1)
     code_levels: list[int] = _f([])                # also cold-start the built-in code task on these levels
     code_per_level: int = _f(500, minimum=1)
+    word_levels: list[int] = _f([])                # also cold-start word problems: worked answers and plans
+    word_per_level: int = _f(500, minimum=1)
 
 
 @dataclass
@@ -69,6 +91,12 @@ class GRPOStage:
     save_steps: int = _f(50, minimum=1)
     use_vllm: bool = _f(False)                     # GPU users: TRL's vLLM rollouts (see README)
     fast_rollout: bool = _f(True)                  # our absorbed-MLA engine, when available
+    vllm_mode: str = _f("colocate", enum=["colocate", "server"])  # TRL's GRPOConfig.vllm_mode
+    vllm_server_base_url: str | None = _f(None)    # server mode: e.g. http://10.0.0.1:8000
+    vllm_gpu_memory_utilization: float = _f(0.3, exclusiveMinimum=0, maximum=1)  # colocate: vLLM's share of a GPU
+    vllm_tensor_parallel_size: int = _f(1, minimum=1)  # colocate: GPUs one vLLM engine spans
+    micro_batch_size: int | None = _f(None, minimum=1)  # sequences per forward/backward (gradient accumulation)
+    gradient_checkpointing: bool = _f(False)       # recompute each decoder layer in backward
 
 
 @dataclass
@@ -93,6 +121,14 @@ class LoraConfig:
 
 
 @dataclass
+class MTPConfig:
+    """Multi-token prediction (reasoner/mtp.py): loss weight lambda (V3: 0.3, then 0.1); 0 trains no MTP."""
+    weight: float = _f(0.0, minimum=0)            # MTP loss weight in SFT (and in GRPO with grpo: true)
+    depth: int = _f(1, minimum=1)                 # MTP layers added when the model has none and weight > 0
+    grpo: bool = _f(False)                        # keep the MTP loss on in GRPO (on the sampled completions)
+
+
+@dataclass
 class Recipe:
     name: str = _f("recipe")
     description: str = _f("")
@@ -106,6 +142,8 @@ class Recipe:
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    mtp: MTPConfig = field(default_factory=MTPConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     @classmethod
     def load(cls, name_or_path: str | Path, overrides: list[str] = ()) -> "Recipe":
@@ -129,7 +167,8 @@ def _type_schema(tp) -> dict[str, Any]:
         return {"type": "array", "items": _type_schema(typing.get_args(tp)[0])}
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         types = [_type_schema(a)["type"] for a in typing.get_args(tp)]
-        return {"type": types}
+        # float is ["number", "integer"]: flatten, or `float | None` becomes a nested list jsonschema cannot read
+        return {"type": [t for ty in types for t in (ty if isinstance(ty, list) else [ty])]}
     return {"type": _JSON_TYPES[tp] if tp is not float else ["number", "integer"]}
 
 

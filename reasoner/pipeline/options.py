@@ -12,12 +12,13 @@ from reasoner.pipeline.backends import Sampling
 @dataclass(frozen=True)
 class SolveOptions:
     samples: int = 4             # k answers per (sub-)problem, drawn in one batched call, then voted
-    retries: int = 2             # reflect-and-retry rounds after a failed verification
+    retries: int = 2             # retry rounds: after a failed check, or (plans) when no majority agrees
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 512
     decompose: bool = True       # plan sub-problems first (math); off: solve the problem directly
     verify: bool = True
+    feedback: bool = True        # a retry shows the failed answer and why; off: it asks the question afresh
     time_budget: float = 300.0   # seconds for the whole run; past it no new retries or steps start
     seed: int | None = None
 
@@ -39,7 +40,7 @@ class SolveOptions:
             if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
                 raise ReasonerError(f"option seed={self.seed!r}: expected a whole number or none")
             object.__setattr__(self, "seed", int(self.seed))
-        for name in ("decompose", "verify"):
+        for name in ("decompose", "verify", "feedback"):
             if not isinstance(getattr(self, name), bool):
                 raise ReasonerError(f"option {name}={getattr(self, name)!r}: expected true or false")
 
@@ -56,5 +57,7 @@ class SolveOptions:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def sampling(self) -> Sampling:
-        return Sampling(self.temperature, self.top_p, self.max_tokens, self.seed)
+    def sampling(self, attempt: int = 0) -> Sampling:
+        """Each attempt its own seed, so a seeded retry draws new samples rather than the same ones."""
+        seed = None if self.seed is None else self.seed + 1000 * attempt
+        return Sampling(self.temperature, self.top_p, self.max_tokens, seed)
