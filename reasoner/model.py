@@ -130,10 +130,15 @@ def is_checkpoint(source: str | Path) -> bool:
     return Path(source).is_dir() and (Path(source) / "config.json").exists()
 
 
-def load_model(source: str | Path, dtype: torch.dtype | None = None, device: str | None = None):
-    """(model, tokenizer) from a model YAML or name (fresh, seeded weights) or a checkpoint directory."""
+def load_model(source: str | Path, dtype: torch.dtype | None = None, device: str | None = None,
+               verify: bool | None = None):
+    """(model, tokenizer) from a model YAML or name (fresh, seeded weights) or a checkpoint directory.
+
+    A checkpoint with a manifest (save_checkpoint and trainer checkpoints write one) is checked first: every
+    file's size and SHA-256 (about 1-2 s per GB). REASONER_SKIP_CHECKSUMS=1 checks sizes only (huge checkpoints);
+    verify=False loads the files as they are; verify=True hashes even when the variable is set."""
     if is_checkpoint(source):
-        return _load_checkpoint(Path(source), dtype, device)
+        return _load_checkpoint(Path(source), dtype, device, verify)
     if Path(source).is_dir():
         raise ReasonerError(f"{source}: a directory without config.json is not a checkpoint")
     spec = ModelSpec.load(source)
@@ -153,7 +158,11 @@ def _special_ids(tokenizer) -> dict[str, int]:
             "eos_token_id": tokenizer.eos_token_id}
 
 
-def _load_checkpoint(path: Path, dtype, device):
+def _load_checkpoint(path: Path, dtype, device, verify: bool | None = None):
+    from reasoner.rl.checkpoints import verify_manifest
+
+    if verify is not False:
+        verify_manifest(path, checksums=verify)  # None: as REASONER_SKIP_CHECKSUMS says; no manifest: unchecked
     try:
         config = DeepseekV3Config.from_pretrained(path, local_files_only=True)
         depth = checkpoint_mtp_depth(path, config.num_hidden_layers)  # from the weights present
@@ -163,10 +172,33 @@ def _load_checkpoint(path: Path, dtype, device):
                                                           local_files_only=True)
         if depth:
             load_mtp_weights(attach_mtp(model, depth), path)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ReasonerError(f"{path}: could not load the checkpoint: {err}") from None
-    tokenizer = load_tokenizer(path) if (path / "tokenizer_config.json").exists() else load_tokenizer("builtin")
+    except ReasonerError:
+        raise
+    except Exception as err:  # safetensors, JSON, unicode, missing keys: one message naming what failed to load
+        raise ReasonerError(f"{path}: could not load the model ({_weights_files(path)} or config.json is damaged "
+                            f"or incompatible): {_first_line(err)}") from None
+    if (path / "tokenizer_config.json").exists():
+        try:
+            tokenizer = load_tokenizer(path)
+        except ReasonerError:
+            raise
+        except Exception as err:
+            names = ", ".join(p.name for p in sorted(path.glob("tokenizer*"))) or "tokenizer files"
+            raise ReasonerError(f"{path}: could not load the tokenizer ({names} damaged or incompatible): "
+                                f"{_first_line(err)}") from None
+    else:
+        tokenizer = load_tokenizer("builtin")
     return (model.to(device) if device else model), tokenizer
+
+
+def _weights_files(path: Path) -> str:
+    names = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json"))
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") if names else "the weights"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300]}" if text else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -203,6 +235,9 @@ def save_checkpoint(model, tokenizer, path: str | Path, metadata: dict[str, Any]
     meta = {"reasoner_version": reasoner.__version__, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(metadata or {})}
     (staging / RUN_METADATA).write_text(json.dumps(meta, indent=2, default=str))
+    from reasoner.rl.checkpoints import write_manifest
+
+    write_manifest(staging)  # sizes and SHA-256 of every file: load_model verifies them
     _fsync_tree(staging)
     if path.exists():
         retired = path.with_name(f".{path.name}.old-{os.getpid()}")

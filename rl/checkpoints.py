@@ -7,14 +7,106 @@ data it vouches for), and resume picks the newest marked checkpoint, deleting un
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from reasoner.errors import ReasonerError
+
 MARKER = "COMPLETE"
+# Every file's size and SHA-256, written before the marker (trainer checkpoints) or before the rename into place
+# (save_checkpoint), so a checkpoint can prove it is whole: a truncated, overwritten or bit-flipped file is named
+# at load instead of failing deep inside a loader, or worse, loading as garbage weights.
+MANIFEST = "MANIFEST.json"
+SKIP_CHECKSUMS_ENV = "REASONER_SKIP_CHECKSUMS"  # =1: check only that files exist with the recorded sizes
+_CHUNK = 8 << 20
+
+
+class CheckpointDamaged(ReasonerError):
+    """A checkpoint file is missing, truncated or changed since its manifest was written."""
+
+
+def skip_checksums() -> bool:
+    return os.environ.get(SKIP_CHECKSUMS_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK):  # hashlib releases the GIL on large blocks: threads hash in parallel
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (MANIFEST, MARKER))
+
+
+def _threads(count: int) -> int:
+    return max(1, min(count, 4, os.cpu_count() or 1))
+
+
+def write_manifest(folder: str | Path) -> Path:
+    """MANIFEST.json: {"files": {relative path: {"size", "sha256"}}} for every file in the folder, fsynced."""
+    folder = Path(folder)
+    files = _manifest_files(folder)
+    with ThreadPoolExecutor(_threads(len(files))) as pool:
+        digests = list(pool.map(sha256_file, files))
+    entries = {f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": d}
+               for f, d in zip(files, digests)}
+    target = folder / MANIFEST
+    with open(target, "w") as handle:
+        json.dump({"format": 1, "algorithm": "sha256", "files": entries}, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return target
+
+
+def verify_manifest(folder: str | Path, *, checksums: bool | None = None) -> bool:
+    """Check every file against MANIFEST.json: False when there is no manifest (an older checkpoint, a hub
+    download), True when all match; otherwise one CheckpointDamaged naming the damaged files.
+    checksums=False (or REASONER_SKIP_CHECKSUMS=1) checks presence and sizes only: for huge checkpoints."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return False
+    if checksums is None:
+        checksums = not skip_checksums()
+    try:
+        entries = json.loads(manifest.read_bytes().decode("utf-8"))["files"]
+        expected = {str(name): (int(e["size"]), str(e["sha256"])) for name, e in entries.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointDamaged(f"{folder}: checkpoint damaged: {MANIFEST} is unreadable ({type(err).__name__}); "
+                                f"remove it to load the checkpoint unchecked") from None
+    damaged: list[str] = []
+    to_hash: list[tuple[str, Path, str]] = []
+    for name, (size, digest) in sorted(expected.items()):
+        file = folder / name
+        if not file.is_file():
+            damaged.append(f"{name} is missing")
+        elif file.stat().st_size != size:
+            actual = file.stat().st_size
+            damaged.append(f"{name} is {actual:,} bytes, the manifest says {size:,} "
+                           f"({'truncated' if actual < size else 'grown'})")
+        elif checksums:
+            to_hash.append((name, file, digest))
+    if to_hash:
+        with ThreadPoolExecutor(_threads(len(to_hash))) as pool:
+            actual_digests = list(pool.map(lambda item: sha256_file(item[1]), to_hash))
+        damaged += [f"{name}'s contents changed (SHA-256 does not match the manifest)"
+                    for (name, _, digest), actual in zip(to_hash, actual_digests) if actual != digest]
+    if damaged:
+        shown = "; ".join(damaged[:5]) + (f"; and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+        raise CheckpointDamaged(f"{folder}: checkpoint damaged: {shown}. Restore or re-save it "
+                                f"({SKIP_CHECKSUMS_ENV}=1 skips the content check)")
+    return True
 
 
 def _fsync(path: Path) -> None:
@@ -32,6 +124,7 @@ def mark_complete(folder: str | Path, step: int) -> None:
             _fsync(file)
     for sub in sorted((d for d in folder.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
         _fsync(sub)
+    write_manifest(folder)  # after the data is on disk, before the marker that vouches for both
     with open(folder / MARKER, "w") as handle:
         handle.write(str(step))
         handle.flush()
@@ -62,8 +155,21 @@ def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
     (its checkpoint rotation would otherwise count them). Only the main process deletes."""
     folders = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _step(p) >= 0), key=_step)
     complete = [p for p in folders if is_complete(p)]
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
         for leftover in folders:
             if not is_complete(leftover):
                 shutil.rmtree(leftover, ignore_errors=True)
-    return str(complete[-1]) if complete else None
+    for candidate in reversed(complete):  # newest first; one whose files changed since it was marked is skipped
+        try:
+            verify_manifest(candidate)
+        except CheckpointDamaged as err:
+            print(f"warning: not resuming from {err}", file=sys.stderr)
+            if main_process:  # kept for inspection under a name nothing else treats as a checkpoint
+                try:
+                    candidate.rename(candidate.with_name(candidate.name + ".damaged"))
+                except OSError:
+                    pass  # an earlier one of that name: skipped all the same
+            continue
+        return str(candidate)
+    return None
