@@ -75,15 +75,18 @@ def main() -> None:
     right = [f"```python\n{p['prompt']}{p['canonical_solution']}```" for p in problems]
     wrong = [f"```python\n{p['prompt']}    return None\n```" for p in problems]
     tests, entries = [p["test"] for p in problems], [p["entry_point"] for p in problems]
-    timings = {}
-    for name, grader in (("before (tests in the candidate's interpreter)", old_check_code_many),
-                         ("after (results as plain data, graded here)", check_code_many)):
-        start = time.monotonic()
-        passed = sum(score == 1.0 for score in grader(right, tests, entries))
-        timings[name] = time.monotonic() - start
-        rejected = sum(score == 0.0 for score in grader(wrong, tests, entries))
-        print(f"check_code_many {name}: canonical {passed}/164 pass in {timings[name]:.1f}s, "
-              f"'return None' {rejected}/164 fail")
+    graders = {"before (tests in the candidate's interpreter)": old_check_code_many,
+               "after (results as plain data, graded here)": check_code_many}
+    timings = {name: [] for name in graders}
+    for round_ in range(2):  # alternated, best of two: the machine is shared
+        for name, grader in graders.items():
+            start = time.monotonic()
+            passed = sum(score == 1.0 for score in grader(right, tests, entries))
+            timings[name].append(time.monotonic() - start)
+            if round_ == 0:
+                rejected = sum(score == 0.0 for score in grader(wrong, tests, entries))
+                print(f"check_code_many {name}: canonical {passed}/164 pass, 'return None' {rejected}/164 fail")
+    timings = {name: min(times) for name, times in timings.items()}
     before, after = timings.values()
     print(f"HumanEval canonical grading time, after / before: {after / before:.2f}x ({after:.1f}s vs {before:.1f}s)")
 

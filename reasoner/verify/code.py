@@ -315,9 +315,7 @@ class _Parsed:
         values = {}
         for n in range(len(self.holes)):
             ok, value = answers.get(self.first + n, (False, None))
-            if not ok:
-                return False
-            values[f"__hole_{n}"] = value
+            values[f"__hole_{n}"] = value if ok else _RAISED  # raises only where the assert reaches it
         try:
             return all(_evaluate(node, values) for node in self.asserts)
         except Exception:
@@ -411,6 +409,7 @@ _SAFE_MATH = {name: getattr(math, name) for name in (
     "isclose", "fabs", "sqrt", "floor", "ceil", "isnan", "isinf", "isfinite", "inf", "nan", "pi", "e", "log",
     "exp", "trunc", "gcd", "comb", "factorial", "prod", "hypot", "copysign")}
 _NO_OPS = {"print", "pass"}
+_RAISED = object()  # a hole whose call raised (or never answered)
 _MAX_SIZE = 10_000_000
 
 
@@ -424,15 +423,15 @@ def _parse_asserts(test: str, callee: str | None = None):
         tree = ast.parse(test)
     except (SyntaxError, ValueError, RecursionError):
         return None
-    return _parse_statements(tree.body, callee)
+    return _parse_statements(tree.body, callee, test)
 
 
-def _parse_statements(body: list[ast.stmt], callee: str | None):
+def _parse_statements(body: list[ast.stmt], callee: str | None, source: str):
     holes: list[str] = []
     asserts: list[ast.expr] = []
     for statement in body:
         if isinstance(statement, ast.Assert):
-            node = _with_holes(statement.test, holes, callee)
+            node = _with_holes(statement.test, holes, callee, source)
             if node is None:
                 return None
             asserts.append(node)
@@ -475,7 +474,7 @@ def _parse_check(test: str):
     if len(arguments.args) != 1 or arguments.vararg or arguments.kwarg or arguments.kwonlyargs or check.decorator_list:
         return None
     parameter = arguments.args[0].arg
-    parsed = _parse_statements(check.body, parameter)
+    parsed = _parse_statements(check.body, parameter, test)
     return (*parsed, parameter) if parsed else None
 
 
@@ -491,9 +490,10 @@ def _is_literal(node: ast.expr) -> bool:
         return False
 
 
-def _with_holes(node: ast.expr, holes: list[str], callee: str | None) -> ast.expr | None:
-    """A copy of node with the candidate's calls replaced by hole names, or None if it needs a judge."""
+def _with_holes(node: ast.expr, holes: list[str], callee: str | None, source: str) -> ast.expr | None:
+    """node with the candidate's calls replaced by hole names (in place), or None if it needs a judge."""
     ok = True
+    lines = _lines(source)
 
     class Holes(ast.NodeTransformer):
         def visit_Call(self, call):
@@ -507,16 +507,35 @@ def _with_holes(node: ast.expr, holes: list[str], callee: str | None) -> ast.exp
                 nonlocal ok
                 ok = False
                 return call
-            holes.append(ast.unparse(call))
+            segment = _segment(lines, call)
+            holes.append(f"({segment})" if segment else ast.unparse(call))
             return ast.copy_location(ast.Name(id=f"__hole_{len(holes) - 1}", ctx=ast.Load()), call)
 
     try:
-        new = Holes().visit(ast.parse(ast.unparse(node), mode="eval").body)
+        new = Holes().visit(node)
     except (SyntaxError, ValueError, RecursionError):
         return None
     if not ok or not _evaluable(new):
         return None
     return new
+
+
+@functools.lru_cache(maxsize=64)
+def _lines(source: str) -> list[bytes]:
+    return source.encode("utf-8", "surrogatepass").splitlines(keepends=True)
+
+
+def _segment(lines: list[bytes], node: ast.expr) -> str | None:
+    """The node's source text (ast.get_source_segment, without splitting the source again per node)."""
+    try:
+        first, last = node.lineno - 1, node.end_lineno - 1
+        if first == last:
+            text = lines[first][node.col_offset:node.end_col_offset]
+        else:
+            text = lines[first][node.col_offset:] + b"".join(lines[first + 1:last]) + lines[last][:node.end_col_offset]
+        return text.decode("utf-8", "surrogatepass")
+    except (TypeError, IndexError, UnicodeDecodeError):
+        return None
 
 
 def _is_safe_function(func: ast.expr) -> bool:
@@ -572,6 +591,8 @@ def _evaluate(node: ast.expr, holes: dict):
         return node.value
     if isinstance(node, ast.Name):
         if node.id in holes:
+            if holes[node.id] is _RAISED:
+                raise ValueError("the call raised, hung or returned something that is not plain data")
             return holes[node.id]
         if node.id == "math":
             raise ValueError("bare math")
