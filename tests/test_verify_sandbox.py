@@ -419,3 +419,41 @@ print("python", sys.version_info[:2])
     assert set(eval(lines["/root"])) <= {".pyenv", ".local", "PermissionError"}
     if (REPO.parent / "shared").is_dir():
         assert eval(lines[str(REPO.parent / "shared")]) == []
+
+
+def test_check_code_grades_all_of_humaneval_like_the_tests_do(humaneval):
+    """164/164 canonical pass and 164/164 'return None' fail through check_code_many, each check graded
+    by parsing (157), from the cached recording of the canonical solution (5) or in the judge (2)."""
+    from collections import Counter
+
+    from reasoner.verify import check_code_many
+    from reasoner.verify.code import _plan
+
+    kinds = Counter(type(_plan(p["test"], p["entry_point"])).__name__ for p in humaneval)
+    assert kinds == {"_Parsed": 157, "_Recorded": 5, "_Judged": 2}
+    right = [f"```python\n{p['prompt']}{p['canonical_solution']}```" for p in humaneval]
+    wrong = [f"```python\n{p['prompt']}    return None\n```" for p in humaneval]
+    start = time.monotonic()
+    scores = check_code_many(right + wrong, [p["test"] for p in humaneval] * 2, [p["entry_point"] for p in humaneval] * 2)
+    elapsed = time.monotonic() - start
+    print(f"check_code_many, HumanEval: {scores[:164].count(1.0)}/164 canonical pass, "
+          f"{scores[164:].count(0.0)}/164 'return None' fail, {elapsed:.1f}s for 328 programs")
+    assert [p["task_id"] for p, s in zip(humaneval, scores[:164]) if s != 1.0] == []
+    assert [p["task_id"] for p, s in zip(humaneval, scores[164:]) if s != 0.0] == []
+
+
+def test_humaneval_find_zero_accepts_any_root(humaneval):
+    """HumanEval/32 checks poly(coeffs, x) ~ 0, not x == canonical: graded by running that check (judge)."""
+    problem = next(p for p in humaneval if p["task_id"] == "HumanEval/32")
+    newton = problem["prompt"] + """    x = 7.0
+    for _ in range(500):
+        value = poly(xs, x)
+        slope = sum(i * c * x ** (i - 1) for i, c in enumerate(xs) if i)
+        if slope == 0:
+            x += 1.0
+            continue
+        x -= value / slope
+    return x
+"""
+    assert check_code(f"```python\n{newton}```", problem["test"], "find_zero") == 1.0
+    assert check_code(f"```python\n{problem['prompt']}    return 0.5\n```", problem["test"], "find_zero") == 0.0
