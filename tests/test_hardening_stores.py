@@ -76,8 +76,27 @@ def test_solve_with_an_unwritable_store_prints_the_answer_then_warns(scripted_cl
         store = tmp_path / "junk.db"
         store.write_bytes(b"this is no database" * 100)
     code = main(["solve", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--no-decompose", "--samples", "1",
-                 "--traces", str(store), "2+2"])
+                 "--traces", str(store), "--reference", "4", "2+2"])
     out, err = capsys.readouterr()
     assert code == 0
     assert out.strip() == "4  (verified)"
     assert "warning: the answer above was not saved to the trace store" in err and "Traceback" not in err
+
+
+def test_a_store_in_a_read_only_folder_falls_back_to_immutable(read_only_store, monkeypatch):
+    """Root ignores permissions, so the failure SQLite gives in a read-only folder (no -shm can be made) is
+    simulated: the first mode=ro open fails, and the store is read as immutable."""
+    import sqlite3
+
+    real_connect, targets = sqlite3.connect, []
+
+    def connect(target, *args, **kwargs):
+        targets.append(target)
+        if "immutable=1" not in str(target):
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(target, *args, **kwargs)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with TraceStore.open(read_only_store, read_only=True) as store:
+        assert store.count() == 3
+    assert len(targets) == 2 and targets[0].endswith("?mode=ro") and targets[1].endswith("&immutable=1")
