@@ -7,6 +7,7 @@ from typing import Callable
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
+from reasoner.mtp import mtp_depth, mtp_loss_on_completions
 from reasoner.rl.checkpoints import MarkCompleteCheckpoints
 from reasoner.rl.fit import fit
 from reasoner.rl.recipe import Recipe
@@ -22,9 +23,19 @@ class RecordingGRPOTrainer(GRPOTrainer):
     generation round instead of recomputing anything.
     """
 
-    def __init__(self, *args, rollout_sink: RolloutSink | None = None, **kwargs):
+    def __init__(self, *args, rollout_sink: RolloutSink | None = None, mtp_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.rollout_sink = rollout_sink
+        self.mtp_weight = mtp_weight  # recipe.mtp.grpo: keep training the MTP draft on the policy's samples
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.mtp_weight > 0 and mtp_depth(model):
+            extra = mtp_loss_on_completions(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                                            inputs["completion_ids"], inputs["completion_mask"])
+            self._metrics["train" if model.training else "eval"]["mtp_loss"].append(extra.item())
+            loss = loss + self.mtp_weight * extra
+        return loss
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
@@ -83,6 +94,7 @@ def run_grpo(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cp
         model=model, reward_funcs=rewards, args=grpo_config(recipe, output_dir, use_cpu),
         train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout_func,
         callbacks=[MarkCompleteCheckpoints(), *callbacks], rollout_sink=rollout_sink,
+        mtp_weight=recipe.mtp.weight if recipe.mtp.grpo else 0.0,
     )
     return fit(trainer, recipe.balance.gamma, output_dir, "grpo")
 
