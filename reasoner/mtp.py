@@ -200,3 +200,14 @@ def _fuse_experts(state: dict) -> dict:
                for e in range(n)]
     down = [state.pop(f"mlp.experts.{e}.down_proj.weight") for e in range(n)]
     return {**state, "mlp.experts.gate_up_proj": torch.stack(gate_up), "mlp.experts.down_proj": torch.stack(down)}
+
+
+def mtp_loss_on_completions(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """The MTP loss on sampled completions (GRPO with mtp.grpo): the main model's hidden states are computed
+    without grad, so only the MTP layers learn to follow the policy and the policy gradient is left alone."""
+    ids = torch.cat((prompt_ids, completion_ids), dim=1)
+    mask = torch.cat((prompt_mask, completion_mask), dim=1)
+    labels = torch.cat((torch.full_like(prompt_ids, -100), completion_ids.masked_fill(completion_mask == 0, -100)), 1)
+    with torch.no_grad():
+        hidden = _base(model).model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return mtp_loss(model, ids, labels, mask, hidden=hidden)

@@ -271,3 +271,28 @@ def test_sft_trains_the_mtp_loss_logs_and_plots_it_and_balances_its_experts(tmp_
     save_checkpoint(model, trainer.processing_class, tmp_path / "ckpt")
     loaded, _ = load_model(tmp_path / "ckpt")
     torch.testing.assert_close(mtp_layers(loaded)[0].eh_proj.weight, mtp_layers(model)[0].eh_proj.weight)
+
+
+def test_grpo_step_rolls_out_speculatively_and_keeps_the_mtp_loss_on(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_training import _recipe
+
+    from reasoner.rl.data import grpo_dataset
+    from reasoner.rl.grpo import run_grpo
+    from reasoner.rl.train import training_problems
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    recipe = _recipe(tmp_path, ["grpo.max_steps=1", "mtp.weight=0.3", "mtp.grpo=true", "grpo.warmup_steps=0"])
+    model, tokenizer = load_model("tiny")
+    attach_mtp(model, 1)
+    problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)
+    before = mtp_layers(model)[0].eh_proj.weight.detach().clone()
+    trainer = run_grpo(recipe, model, tokenizer, grpo_dataset(problems, tokenizer), tmp_path / "grpo", use_cpu=True)
+    logged = trainer.state.log_history[0]
+    assert logged["mtp_loss"] > 0
+    engine = trainer.rollout_func.state["engine"]
+    assert engine.mtp is not None and engine.stats["drafted"] > 0  # rollouts went through MTP drafting
+    assert not torch.equal(before, mtp_layers(model)[0].eh_proj.weight)
