@@ -27,6 +27,7 @@ STYLES = {
     "parsed check": "def check(candidate):\n    assert candidate(3) == 11\n    assert candidate(0) == 2\n    assert candidate(5) == 17\n",
     "judged asserts": ["x = f(3)\nassert x == 11", "for i in range(5):\n    assert f(i) == 3 * i + 2"],
     "judged check": "def check(candidate):\n    for i in range(6):\n        assert candidate(i) == 3 * i + 2\n",
+    "judged truthiness": ["r = f(3)\nassert r and r > 10", "r = f(-2)\nassert not r + 4", "import math\nr = f(1)\nassert math.isclose(r, 5)"],
 }
 
 _FORGE = '''
@@ -299,3 +300,23 @@ def test_humaneval_checks_resist_the_attacks(task_id):
                              [problem["test"]] * len(programs), [entry] * len(programs))
     assert scores[0] == 1.0
     assert dict(zip(_HUMANEVAL_ATTACKS, scores[1:])) == {attack: 0.0 for attack in _HUMANEVAL_ATTACKS}
+
+
+def test_judged_tests_may_use_the_programs_objects_but_never_compare_them():
+    stack = """
+class Stack:
+    def __init__(self): self.items = []
+    def push(self, x): self.items.append(x)
+    def pop(self): return self.items.pop()
+class Node:
+    def __init__(self, v, nxt=None): self.v, self.nxt = v, nxt
+def total(node):
+    return 0 if node is None else node.v + total(node.nxt)
+"""
+    tests = ["s = Stack()\ns.push(1)\ns.push(2)\nassert s.pop() == 2\nassert s.items == [1]",
+             "n = Node(1, Node(2))\nassert total(n) == 3 and n.nxt.v == 2",
+             "assert Stack().items == []"]
+    assert check_code(f"```python\n{stack}```", tests) == 1.0
+    for refused in ("s = Stack()\nassert s == s", "assert Stack()", "assert Stack() in [1, 2]",
+                    "assert {Stack(): 1}", "s = Stack()\ns.items = [5]\nassert s.pop() == 5"):
+        assert check_code(f"```python\n{stack}```", [refused]) == 0.0, refused

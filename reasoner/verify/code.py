@@ -80,17 +80,30 @@ def _reasoner_answer(holes, token, aliases, encoder):
     if not channel:
         return
     reading, writing = (b["int"](fd) for fd in channel.split(","))
+    handles = []  # the program's objects the judge holds by number (it can only call their methods)
     literals = {{"__builtins__": {{}}, "float": b["float"], "set": b["set"], "frozenset": b["frozenset"],
-                "complex": b["complex"]}}
+                "complex": b["complex"], "__handle__": handles.__getitem__}}
+
+    def answer(value, functions_too):
+        if functions_too and b["callable"](value):
+            return "fn"
+        try:
+            return "ok\\t" + encode(value)
+        except b["TypeError"]:
+            handles.append(value)
+            return f"obj\\t{{b['len'](handles) - 1}}"
+
     for request in os.fdopen(reading, "rb"):
         op, name, *rest = request.decode().rstrip("\\n").split("\\t")
         try:
             if op == "get":
-                value = names[name]
-                reply = "fn" if b["callable"](value) else "ok\\t" + encode(value)
+                reply = answer(names[name], True)
+            elif op == "attr":
+                reply = answer(b["getattr"](handles[b["int"](name)], rest[0]), True)
             else:
+                target = names[name] if op == "call" else b["getattr"](handles[b["int"](name)], rest.pop(0))
                 args, kwargs = evaluate(rest[0], literals), evaluate(rest[1], literals)
-                reply = "ok\\t" + encode(names[name](*args, **kwargs))
+                reply = answer(target(*args, **kwargs), False)
         except fail as error:
             reply = "err\\t" + type_of(error).__name__
         send(writing, reply.replace("\\n", " ") + "\\n")
@@ -102,7 +115,7 @@ _reasoner_answer({holes!r}, {token!r}, {aliases!r}, {encoder!r})
 # ---------------------------------------------------------------- the judge (trusted, in the sandbox)
 
 _JUDGE = '''
-import ast, builtins, os
+import ast, builtins, importlib, os, sys
 
 {encoder}
 {decoder}
@@ -128,27 +141,65 @@ def _exchange(line):
     return reply.decode()
 
 
+def _value(reply, function):
+    if reply.startswith("ok\\t"):
+        return decode(reply[3:])
+    if reply.startswith("obj\\t"):
+        return RemoteObject(int(reply[4:]))
+    if reply == "fn" and function is not None:
+        return function
+    raise RemoteError(reply)
+
+
 class Remote:
-    def __init__(self, name):
-        self.name = name
+    """One of the program's functions (or, with handle, a method of one of its objects)."""
+
+    def __init__(self, name, handle=None):
+        self.name, self.handle = name, handle
 
     def __call__(self, *args, **kwargs):
-        reply = _exchange(f"call\\t{{self.name}}\\t{{encode(args)}}\\t{{encode(kwargs)}}")
-        if reply.startswith("ok\\t"):
-            return decode(reply[3:])
-        raise RemoteError(reply)
+        target = f"call\\t{{self.name}}" if self.handle is None else f"callattr\\t{{self.handle}}\\t{{self.name}}"
+        return _value(_exchange(f"{{target}}\\t{{encode(args)}}\\t{{encode(kwargs)}}"), None)
 
     def __repr__(self):
         return f"<the program's {{self.name}}>"
 
 
+class RemoteObject:
+    """An object of the program's, held by number: its methods and attributes can be used, nothing else
+    (no ==, no truth value, no hash): only plain data is ever compared here."""
+
+    def __init__(self, handle):
+        object.__setattr__(self, "_handle", handle)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _value(_exchange(f"attr\\t{{self._handle}}\\t{{name}}"), Remote(name, self._handle))
+
+    def _refuse(self, *_):
+        raise TypeError("the program returned an object, not plain data")
+
+    __eq__ = __ne__ = __bool__ = __hash__ = __lt__ = __le__ = __gt__ = __ge__ = __setattr__ = _refuse
+
+    def __repr__(self):
+        return "<the program's object>"
+
+
+_strict_encode = encode
+
+
+def encode(value, _depth=0):  # the program's objects go back to it as references
+    if type(value) is RemoteObject:
+        return f"__handle__({{object.__getattribute__(value, '_handle')}})"
+    return _strict_encode(value, _depth)
+
+
 def _bound(name):
-    reply = _exchange(f"get\\t{{name}}")
-    if reply == "fn":
-        return Remote(name)
-    if reply.startswith("ok\\t"):
-        return decode(reply[3:])
-    raise NameError(name)
+    try:
+        return _value(_exchange(f"get\\t{{name}}"), Remote(name))
+    except RemoteError:
+        raise NameError(name) from None
 
 
 def _free_names(tree):
@@ -171,11 +222,18 @@ def _judge(index, source, entry, prelude):
         exec(compile(prelude, "<prelude>", "exec"), names)
     tree = ast.parse(source)
     for name in _free_names(tree):
-        if name not in names:
+        if name in names:
+            continue
+        if name in getattr(sys, "stdlib_module_names", ()):  # `math` the program imported: our own copy
             try:
-                names[name] = _bound(name)
-            except NameError:
+                names[name] = importlib.import_module(name)
+                continue
+            except ImportError:
                 pass
+        try:
+            names[name] = _bound(name)
+        except NameError:
+            pass
     exec(compile(tree, f"<test {{index}}>", "exec"), names)
     if entry is not None:
         names["check"](Remote(entry))
