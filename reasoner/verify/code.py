@@ -1,8 +1,11 @@
 """Grading model-written code: pull the program out of a completion, run its functions in the sandbox,
 and decide in this (trusted) process whether the results are right.
 
-The candidate's program never sees an expected value, and nothing it does decides its score:
-it only answers calls. A test is graded in one of three ways, the first that applies:
+The candidate's program never sees an expected value, and nothing it does decides its score: it
+only answers calls. (Before issue #13 the tests ran in the candidate's own interpreter, after its
+code, with a token printed on stdout as the pass mark: a program could neuter exec, print the
+token read from its own file, or return an object equal to anything.) A test is graded in one of
+three ways, the first that applies:
 
   parsed     `assert f(3) == 11`, `assert abs(candidate(x) - y) < 1e-6`, `assert not f([])`, ... and
              HumanEval `check(candidate)` bodies made only of such asserts: each call of the
@@ -15,13 +18,19 @@ it only answers calls. A test is graded in one of three ways, the first that app
              (`python -m reasoner.verify.humaneval_cache` rebuilds it); the candidate's result for
              each recorded call must equal the canonical one.
   judged     anything else: the test runs in a second, trusted interpreter inside the same sandbox
-             (sandbox.run_python(judge=...)), started before the candidate, untraceable, and the
+             (sandbox.run_python(judge=...)), forked before the candidate, untraceable by it, and the
              only holder of the verdict pipe; the candidate's functions are reached from it by
-             message, plain data both ways.
+             message, plain data both ways. The program's objects stay in its process: the judge
+             holds them by number and may call their methods (s = Stack(); s.push(1)), but never
+             compares, hashes or tests them for truth. Stdlib modules the test names are the judge's.
+             HumanEval/32 and /33 run this way, with the prompt and canonical solution as trusted
+             helpers (poly, sort_third); other tests' helper names resolve to the program's.
 
 All of a completion's tests run in one sandboxed process (one interpreter start per completion); a
 test that raises, hangs or returns something unserialisable loses only itself (a hang also loses
-the tests after it, as it ends the run).
+the tests after it, as it ends the run). A program can still lie about its own answers (print
+result lines itself, patch its own harness): that only ever changes what it answered, which is
+compared with values it never saw.
 """
 from __future__ import annotations
 
