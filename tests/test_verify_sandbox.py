@@ -332,7 +332,8 @@ _WRITABLE = ["/tmp", "/run/lock", "/dev/shm", "/var/tmp", "/run"]
 
 
 def test_a_program_leaves_no_ipc_objects_and_no_files_behind():
-    """SysV shared memory, semaphores, message queues, POSIX shm and files in every writable place:
+    """SysV shared memory, semaphores, message queues, POSIX shm and message queues, and files in every
+    writable place:
     all live in the run's own IPC namespace and tmpfs mounts, and are gone when it ends."""
     isolation = run_python("pass").isolation
     if "ipcns" not in isolation or "mountns" not in isolation:
@@ -356,6 +357,7 @@ os.ftruncate(fd, 1 << 16)
 mapping = mmap.mmap(fd, 1 << 16)
 mapping[:5] = b"hello"
 made.append(("posix", fd))
+made.append(("mqueue", libc.mq_open(b"/{marker}", os.O_CREAT | os.O_RDWR, 0o600, None)))  # POSIX message queue
 for folder in {_WRITABLE!r} + [os.getcwd(), os.environ.get("HOME", ".")]:
     try:
         with open(os.path.join(folder, "{marker}"), "w") as file:
@@ -374,9 +376,13 @@ if os.fork() == 0:  # a child that outlives the program, holding the segment
     assert result.ok, result.stderr
     made_text, seen_inside = result.stdout.rsplit(" ", 1)
     made = dict(eval(made_text))  # our own program's output
-    assert all(made[kind] >= 0 for kind in ("shm", "sem", "msg", "posix")), made
+    assert all(made[kind] >= 0 for kind in ("shm", "sem", "msg", "posix", "mqueue")), made
     assert seen_inside.strip() == "True"  # they existed, in the sandbox's namespace
     assert made["/tmp"] == made["/run/lock"] == made["/dev/shm"] == made["/var/tmp"] == 1, made
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mq_open(f"/{marker}".encode(), os.O_RDONLY) == -1 and ctypes.get_errno() == 2  # ENOENT here
     after_keys = _sysv_keys()
     assert not keys & after_keys  # none of its keys exists on the host
     assert not (after_keys - before_keys) & keys
