@@ -298,7 +298,14 @@ def check_code_many(
     runnable = [job for job in jobs if job is not None]
     results = iter(run_many([job.program for job in runnable], timeout, judges=[job.judge for job in runnable],
                             max_output_bytes=_OUTPUT_BYTES))
-    return [0.0 if job is None else job.score(next(results)) for job in jobs]
+    return [0.0 if job is None else _score(job, next(results)) for job in jobs]
+
+
+def _score(job: "_Job", result: ExecResult) -> float:
+    try:
+        return job.score(result)
+    except Exception:  # never let a strange answer take the whole batch down
+        return 0.0
 
 
 # ---------------------------------------------------------------- one completion's run
@@ -328,7 +335,10 @@ def _job(completion: str, tests: str | Sequence[str], entry_point: str | None) -
     aliases: set[tuple[str, str]] = set()
     plans, judged = [], []
     for index, test in enumerate(tests):
-        plan = _plan(test, entry_point)
+        try:
+            plan = _plan(test, entry_point)
+        except Exception:  # a test this module cannot take apart: the judge runs it as it is
+            plan = _Judged(entry_point if entry_point and isinstance(test, str) and "def check(" in test else None)
         if isinstance(plan, _Judged):
             plan.index = index
             judged.append((index, test, plan.entry, plan.prelude))
