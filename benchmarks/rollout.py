@@ -2,6 +2,8 @@
 
     python benchmarks/rollout.py            # full table: tiny + small configs, batch 16 and 64, 256 new tokens
     python benchmarks/rollout.py --quick    # tiny, batch 16, 256 new tokens; ends with `speedup_vs_generate=X`
+    python benchmarks/rollout.py --speculative --quick   # MTP self-speculative vs the same engine without it;
+                                            # ends with `speculative_speedup=X acceptance=Y`
 
 Same random-init checkpoint, same prompts (random lengths 16..48), sampling at temperature 1 with EOS ignored
 so every method produces exactly batch x new_tokens tokens. Runs of ours and of the baseline are interleaved
@@ -134,7 +136,8 @@ def bench_case(name, batch, new_tokens, repeats, with_cb):
            "ours_cpu": tokens / statistics.median(c for _, c in ours),
            "generate_cpu": tokens / statistics.median(c for _, c in gen),
            "paired": statistics.median(g[0] / o[0] for g, o in zip(gen, ours)),
-           "paired_cpu": statistics.median(g[1] / o[1] for g, o in zip(gen, ours))}
+           "paired_cpu": statistics.median(g[1] / o[1] for g, o in zip(gen, ours)),
+           "pairs_cpu": [g[1] / o[1] for g, o in zip(gen, ours)]}
     row["speedup"] = row["ours"] / row["generate"]
     if with_cb:
         error = continuous_batching_error(model, prompts)
@@ -183,6 +186,84 @@ def kv_bytes(dtype_bytes: int = 2) -> list[str]:
     return lines
 
 
+MTP_CHECKPOINT = Path("runs/bench-mtp/sft/final")
+MTP_OVERRIDES = ["mtp.weight=0.3", "grpo.enabled=false", "sft.max_steps=250",
+                 "output_dir=runs/bench-mtp"]
+
+
+def mtp_checkpoint(path: Path) -> Path:
+    """A tiny checkpoint whose MTP was trained: the demo recipe's SFT with mtp.weight=0.3, 250 steps (about 10
+    minutes on 2 cores), cached under runs/ (`reasoner train demo --set ...` with MTP_OVERRIDES does the same)."""
+    from reasoner.model import is_checkpoint
+    from reasoner.rl.recipe import Recipe
+    from reasoner.rl.train import train
+
+    if not is_checkpoint(path):
+        print(f"training {path} (demo recipe SFT with {' '.join(MTP_OVERRIDES)})", flush=True)
+        train(Recipe.load("demo", MTP_OVERRIDES))
+    return path
+
+
+def bench_speculative(checkpoint: Path, batch: int, new_tokens: int, repeats: int, temperature: float):
+    """Interleaved (speculative, plain) runs of one engine on held-out arithmetic prompts, EOS honoured.
+
+    Greedy, both produce the same tokens (tested), so the tok/s ratio is a like-for-like ratio; sampled, each
+    side's own token count is used."""
+    from reasoner.rl.data import render_prompt
+    from reasoner.tasks import get_task
+
+    model, tokenizer = load_model(mtp_checkpoint(checkpoint))
+    model.eval()
+    problems = get_task("arithmetic").problems("heldout", batch, level=3, seed=0)
+    prompts = [tokenizer(render_prompt(p.question, tokenizer), add_special_tokens=False).input_ids for p in problems]
+    engine = RolloutEngine(model, tokenizer, max_batch_size=max(64, batch))
+
+    def run(speculative, seed):
+        out = engine.generate(prompts, new_tokens, temperature=temperature, seed=seed, speculative=speculative)
+        return sum(len(c.token_ids) for c in out), [c.token_ids for c in out]
+
+    run(True, 0), run(False, 0)  # warm-up
+    engine.stats.update(drafted=0, accepted=0)
+    pairs = []
+    for r in range(repeats):
+        (n_spec, ids_spec), t_spec = _timed_result(lambda: run(True, r))
+        (n_plain, ids_plain), t_plain = _timed_result(lambda: run(False, r))
+        if temperature == 0:
+            assert ids_spec == ids_plain, "greedy speculative output differs from plain decoding"
+        pairs.append((n_spec / t_spec[1], n_plain / t_plain[1], n_spec / t_spec[0], n_plain / t_plain[0], n_spec))
+    return pairs, engine.acceptance_rate
+
+
+def _timed_result(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, (time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def spread(values: list[float]) -> str:
+    mid = statistics.median(values)
+    return f"median {mid:.2f}, min {min(values):.2f}, max {max(values):.2f} ({100 * (max(values) - min(values)) / 2 / mid:.0f}% half-range)"
+
+
+def main_speculative(args) -> int:
+    repeats = args.repeats or (7 if args.quick else 15)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); checkpoint {args.checkpoint}; "
+          f"batch {args.batch}, up to {args.new_tokens} new tokens, EOS honoured, {repeats} interleaved pairs")
+    results = {}
+    for temperature in (0.0, 1.0):
+        pairs, acceptance = bench_speculative(Path(args.checkpoint), args.batch, args.new_tokens, repeats, temperature)
+        ratios = [s / p for s, p, *_ in pairs]
+        wall = [sw / pw for _, _, sw, pw, _ in pairs]
+        results[temperature] = (statistics.median(ratios), acceptance)
+        print(f"T={temperature:g}: speculative {statistics.median(s for s, *_ in pairs):.0f} tok/CPU-s, plain "
+              f"{statistics.median(p for _, p, *_ in pairs):.0f} tok/CPU-s, {pairs[0][4]} tokens per run; "
+              f"ratio (CPU time) {spread(ratios)}; wall {statistics.median(wall):.2f}; acceptance {acceptance:.3f}")
+    speedup, acceptance = results[0.0]
+    print(f"sampled (T=1): speculative_speedup={results[1.0][0]:.2f} acceptance={results[1.0][1]:.2f}")
+    print(f"speculative_speedup={speedup:.2f} acceptance={acceptance:.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny config, batch 16 only (a few minutes)")
@@ -193,13 +274,22 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="+", default=None)
     ap.add_argument("--batches", nargs="+", type=int, default=None)
     ap.add_argument("--no-cb", action="store_true", help="skip transformers' continuous batching")
+    ap.add_argument("--speculative", action="store_true",
+                    help="MTP self-speculative decoding vs the same engine without it (greedy headline, T=1 too)")
+    ap.add_argument("--checkpoint", default=str(MTP_CHECKPOINT), help="--speculative: a checkpoint with MTP "
+                    "(trained and cached there first if missing)")
+    ap.add_argument("--batch", type=int, default=16, help="--speculative: prompts per run")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.speculative:
+        if args.new_tokens == 256:
+            args.new_tokens = 96  # arithmetic completions end well before; EOS is honoured
+        return main_speculative(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("transformers").setLevel(logging.CRITICAL)  # CB failure tracebacks: reported in the table
     configs = args.configs or (["tiny"] if args.quick else ["tiny", "small"])
     batches = args.batches or ([16] if args.quick else [16, 64])
-    repeats = args.repeats or (5 if args.quick else 2)
+    repeats = args.repeats or (11 if args.quick else 2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu count {os.cpu_count()}, "
           f"{args.new_tokens} new tokens, sampling T=1, EOS ignored, {repeats} interleaved runs, medians")
     rows = []
@@ -228,6 +318,7 @@ def main(argv=None) -> int:
     # Headline: CPU-time ratio, median over adjacent (ours, generate) pairs. Both sides run on one thread, so
     # CPU time is their idle-machine wall time; on a shared machine wall time also counts waiting for a core,
     # which swings run to run by 2x here. The wall-clock ratio is printed next to it.
+    print(f"per-pair CPU-time ratios, tiny batch 16: {spread(head['pairs_cpu'])}")
     print(f"speedup_vs_generate_wall={head['paired']:.2f}")
     print(f"speedup_vs_generate={head['paired_cpu']:.2f}")
     return 0

@@ -9,6 +9,11 @@
 
     trainer = GRPOTrainer(..., rollout_func=make_rollout_func())   # TRL's hook; no vLLM needed
 
+With a model that has DeepSeek-V3's MTP module (reasoner/mtp.py), `generate` drafts the next-next token with it
+and verifies the draft in the same forward (reasoner/rollout/speculative.py; `speculative=False` turns it off):
+greedy output is unchanged token for token, sampled output keeps its distribution, and
+`engine.acceptance_rate` reports the share of drafts accepted.
+
 One engine is not thread-safe (one static cache): callers that share it take a lock, as the pipeline does.
 """
 from reasoner.rollout.engine import Completion, RolloutEngine
