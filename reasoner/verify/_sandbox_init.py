@@ -188,6 +188,7 @@ def main() -> None:
     if config.get("judge"):
         with open(config["judge"], "rb") as file:
             judge_source = file.read()
+        os.unlink(config["judge"])  # gone before the program starts, whatever the layer
     workdir = _private_mounts(config["hide"]) if config["private_mounts"] else config["workdir"]
     if config["uid"] is not None:
         os.chown(workdir, config["uid"], config["uid"])
