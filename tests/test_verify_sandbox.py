@@ -463,3 +463,15 @@ def test_humaneval_find_zero_accepts_any_root(humaneval):
 """
     assert check_code(f"```python\n{newton}```", problem["test"], "find_zero") == 1.0
     assert check_code(f"```python\n{problem['prompt']}    return 0.5\n```", problem["test"], "find_zero") == 0.0
+
+
+def test_the_shipped_humaneval_recording_is_what_the_builder_writes_today():
+    import json
+
+    from reasoner.verify.code import _CACHE_FILE
+    from reasoner.verify.humaneval_cache import build
+
+    shipped = json.loads(_CACHE_FILE.read_text())
+    assert build() == shipped, "rebuild it: python -m reasoner.verify.humaneval_cache"
+    kinds = sorted(entry["compare"] for entry in shipped["problems"].values())
+    assert kinds == ["eq"] * 5 + ["judge"] * 2
