@@ -7,6 +7,7 @@ from typing import Callable
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
+from reasoner.errors import ReasonerError
 from reasoner.mtp import mtp_depth, mtp_loss_on_completions
 from reasoner.rl.checkpoints import MarkCompleteCheckpoints
 from reasoner.rl.fit import fit
@@ -67,10 +68,20 @@ class RecordingGRPOTrainer(GRPOTrainer):
 def grpo_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> GRPOConfig:
     stage = recipe.grpo
     weights = stage.reward_weights or [1.0] * len(stage.rewards)
+    # One generation round per optimizer step; micro_batch_size splits it into gradient-accumulation steps.
+    sequences = stage.prompts_per_step * stage.num_generations
+    micro = stage.micro_batch_size or sequences
+    if sequences % micro:
+        raise ReasonerError(f"grpo.micro_batch_size={micro} must divide prompts_per_step x num_generations = {sequences}")
+    accumulate = sequences // micro
+    vllm = dict(vllm_mode=stage.vllm_mode, vllm_server_base_url=stage.vllm_server_base_url,
+                vllm_gpu_memory_utilization=stage.vllm_gpu_memory_utilization,
+                vllm_tensor_parallel_size=stage.vllm_tensor_parallel_size) if stage.use_vllm else {}
     return GRPOConfig(
         output_dir=str(output_dir), max_steps=stage.max_steps, learning_rate=stage.learning_rate,
-        per_device_train_batch_size=stage.prompts_per_step * stage.num_generations,
-        num_generations=stage.num_generations, gradient_accumulation_steps=1, steps_per_generation=1,
+        per_device_train_batch_size=micro, num_generations=stage.num_generations,
+        gradient_accumulation_steps=accumulate, steps_per_generation=accumulate,
+        gradient_checkpointing=stage.gradient_checkpointing, **vllm,
         max_completion_length=stage.max_completion_length, temperature=stage.temperature, top_p=stage.top_p,
         loss_type=stage.loss_type, beta=stage.beta, epsilon=stage.epsilon, epsilon_high=stage.epsilon_high,
         scale_rewards=stage.scale_rewards, reward_weights=weights, mask_truncated_completions=False,
