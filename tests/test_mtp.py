@@ -296,3 +296,20 @@ def test_grpo_step_rolls_out_speculatively_and_keeps_the_mtp_loss_on(tmp_path, m
     engine = trainer.rollout_func.state["engine"]
     assert engine.mtp is not None and engine.stats["drafted"] > 0  # rollouts went through MTP drafting
     assert not torch.equal(before, mtp_layers(model)[0].eh_proj.weight)
+
+
+def test_speculative_compacts_the_batch_as_rows_finish(tiny_mtp):
+    model, tok = tiny_mtp
+    prompts = prompt_ids(tok, [f"{a}+{b}=?" * (1 + a % 3) for a, b in zip(range(10), range(7, 17))])
+    free = RolloutEngine(model, tok).generate(prompts, 16, temperature=0.0, speculative=False)
+    counts = {}
+    for c in free:
+        for t in set(c.token_ids[:4]):
+            counts[t] = counts.get(t, 0) + 1
+    eos = max((t for t in counts if 0 < counts[t] < len(prompts)), key=lambda t: counts[t])
+    plain = RolloutEngine(model, tok, eos_token_ids=[eos]).generate(prompts, 16, temperature=0.0, speculative=False)
+    engine = RolloutEngine(model, tok, eos_token_ids=[eos])
+    spec = engine.generate(prompts, 16, temperature=0.0, speculative=True, return_logits=True)
+    assert engine.stats["compactions"] >= 1
+    assert [(c.token_ids, c.finish_reason) for c in spec] == [(c.token_ids, c.finish_reason) for c in plain]
+    assert all(c.logits.shape[0] == len(c.token_ids) for c in spec)

@@ -47,14 +47,29 @@ def generate_chunk_speculative(engine, prompts, first_index, G, max_new, params,
         target, hv = _verify(engine, state, draft, cache, rot)
         x1, accepted, lp1 = accept_draft(target[:, 0], draft_logits, draft, params, generator)
         x2, lp2 = sample(target[:, 1], params, generator)
-        active = ~out.done
+        active = out.active()
         engine.stats["drafted"] += int(active.sum())
         engine.stats["accepted"] += int((accepted & active).sum())
         engine.stats["decode_steps"] += 1
         out.emit(x1, lp1, active, target[:, 0])
         out.emit(x2, lp2, active & accepted, target[:, 1])
         state.advance(active, accepted, x1, x2, hv)
+        _maybe_compact(engine, state, out, cache)
     return out.completions(engine.tokenizer, prompts, rep, G, first_index)
+
+
+def _maybe_compact(engine, state, out, cache):
+    """Once half the rows (of at least 8) are done, move the live ones to the front and decode only those."""
+    active = out.active()
+    nb, n_active = len(active), int(active.sum())
+    if not engine.compact or nb < 8 or n_active > nb // 2 or n_active == 0:
+        return
+    keep = active.nonzero().squeeze(-1)
+    top = int(state.n.max()) + 2
+    cache[:, :n_active, :top] = cache[:, keep, :top]  # main layers and the MTP block's
+    state.select(keep)
+    out.rows = out.rows[keep]
+    engine.stats["compactions"] += 1
 
 
 class _State:
@@ -72,6 +87,10 @@ class _State:
         self.prev = torch.where(acc, x1, torch.where(rej, self.last, self.prev))
         self.last = torch.where(acc, x2, torch.where(rej, x1, self.last))
         self.n = self.n + active.long() + acc.long()
+
+    def select(self, keep):
+        self.n, self.last, self.prev, self.h2, self.pad = (
+            t[keep] for t in (self.n, self.last, self.prev, self.h2, self.pad))
 
 
 def _step_inputs(engine, state, slots, cache, rot, li_of_write=None):
@@ -128,7 +147,9 @@ def _mtp_prefill(engine, ids, hidden, pad, G, cache, rot):
 
 
 class _Output:
-    """Tokens, log-probabilities and finish reasons per row, filled one emitted token at a time."""
+    """Tokens, log-probabilities and finish reasons per output row, filled one emitted token at a time.
+
+    The decoding batch holds `rows` (batch row -> output row; fewer after compaction)."""
 
     def __init__(self, engine, B, max_new, stop_strings, ignore_eos, return_logits):
         from reasoner.rollout.engine import _StopChecker
@@ -143,25 +164,31 @@ class _Output:
         self.eos = torch.tensor(engine.eos_token_ids or [-1], device=dev)
         self.stop = _StopChecker(engine.tokenizer, stop_strings, B) if stop_strings else None
         self.logits = [[] for _ in range(B)] if return_logits else None
+        self.rows = torch.arange(B, device=dev)
+
+    def active(self) -> torch.Tensor:
+        """Per batch row: still decoding."""
+        return ~self.done[self.rows]
 
     def emit(self, tok, lp, valid, logits):
-        rows = (valid & ~self.done).nonzero().squeeze(-1)
-        if rows.numel() == 0:
+        """Append tok[i] (batch row i) to its output row where `valid` and the row is not done."""
+        local = (valid & self.active()).nonzero().squeeze(-1)
+        if local.numel() == 0:
             return
+        rows, tok = self.rows[local], tok[local]
         at = self.count[rows]
-        self.tok[rows, at], self.lp[rows, at] = tok[rows], lp[rows]
+        self.tok[rows, at], self.lp[rows, at] = tok, lp[local]
         self.count[rows] += 1
         if self.logits is not None:
-            for r in rows.tolist():
-                self.logits[r].append(logits[r])
+            for i, r in zip(local.tolist(), rows.tolist()):
+                self.logits[r].append(logits[i])
         if not self.ignore_eos:
-            hit = rows[torch.isin(tok[rows], self.eos)]
+            hit = rows[torch.isin(tok, self.eos)]
             for r in hit.tolist():
                 self.reason[r] = "eos"
             self.done[hit] = True
         if self.stop is not None:
-            listed = rows.tolist()
-            for _, r in self.stop.step(listed, tok[rows].tolist(), self.done[rows].tolist()):
+            for _, r in self.stop.step(rows.tolist(), tok.tolist(), self.done[rows].tolist()):
                 self.reason[r] = "stop"
                 self.done[r] = True
         self.done |= self.count >= self.max_new
