@@ -81,13 +81,13 @@ def grpo_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> GRPOConfig:
         output_dir=str(output_dir), max_steps=stage.max_steps, learning_rate=stage.learning_rate,
         per_device_train_batch_size=micro, num_generations=stage.num_generations,
         gradient_accumulation_steps=accumulate, steps_per_generation=accumulate,
-        gradient_checkpointing=stage.gradient_checkpointing, **vllm,
+        **vllm,
         max_completion_length=stage.max_completion_length, temperature=stage.temperature, top_p=stage.top_p,
         loss_type=stage.loss_type, beta=stage.beta, epsilon=stage.epsilon, epsilon_high=stage.epsilon_high,
         scale_rewards=stage.scale_rewards, reward_weights=weights, mask_truncated_completions=False,
         seed=recipe.seed, logging_steps=1, save_steps=stage.save_steps, save_total_limit=2,
         report_to=[], use_cpu=use_cpu, bf16=False, dataloader_num_workers=0, use_vllm=stage.use_vllm,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=stage.warmup_steps, disable_tqdm=False, activation_checkpointing=False,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=stage.warmup_steps, disable_tqdm=False, activation_checkpointing=stage.gradient_checkpointing,
     )
 
 
