@@ -74,7 +74,8 @@ def train_balance_probe(recipe: Recipe, gamma: float, steps: int, log=print) -> 
     ({"step", "maxvio": [...]}), how unevenly the routed experts were loaded."""
     probe = replace(recipe, sft=replace(recipe.sft, max_steps=steps), balance=replace(recipe.balance, gamma=gamma))
     _prepare(recipe)
-    final = _stage(TrainResult(), f"balance-gamma{gamma:g}", Path(recipe.output_dir), recipe.model, probe, log)
+    final = _stage(TrainResult(), f"balance-gamma{gamma:g}", Path(recipe.output_dir), recipe.model, probe, log,
+                   kind="sft")
     return json.loads((final.parent / "maxvio.json").read_text())
 
 
@@ -134,6 +135,8 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
         extra = (plan_rows(plans, tokenizer, style) if plans else []) + word_plan_rows(words, tokenizer)
         dataset = sft_dataset(problems + words, tokenizer, style, extra, direct_fraction=recipe.sft.direct_fraction)
         return run_sft(recipe, model, tokenizer, dataset, output_dir, use_cpu)
+    if stage != "grpo":
+        raise ValueError(f"unknown stage kind {stage!r}: expected sft, sft_equal or grpo")
     from reasoner.rl.grpo import run_grpo, trace_sink
 
     problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)

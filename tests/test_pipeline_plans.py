@@ -5,9 +5,9 @@ import re
 import jsonschema
 import pytest
 
-from reasoner.pipeline.checks import recompute
+from reasoner.verify import calculate as recompute
 from reasoner.pipeline.plans import (PlanError, arithmetic_plan, arithmetic_plan_examples, arithmetic_split,
-                                     arithmetic_step_problems, expand, parse_plan, plan_text, ready_steps, substitute)
+                                     arithmetic_step_problems, parse_plan, plan_text, ready_steps, substitute)
 from reasoner.pipeline.prompts import PROMPTS_DIR, plan_schema, render
 from reasoner.tasks.arithmetic import ArithmeticTask
 
@@ -44,22 +44,6 @@ def test_sft_examples_are_every_planner_call_with_a_schema_valid_target():
     for messages, target in arithmetic_plan_examples(ArithmeticTask().problems("train", 5, level=8)):
         jsonschema.validate(json.loads(target), plan_schema())
         assert " " not in target  # compact: the planner pays per character
-
-
-def test_expanding_split_by_split_gives_the_whole_plan():
-    calls = []
-
-    def split(question):
-        calls.append(question)
-        return json.dumps(arithmetic_split(question))
-
-    for expression in ("1+2-3+4-5+6-7+8", "37+48*3-25", "7"):
-        calls.clear()
-        steps = expand(parse_plan(split(expression)), split)
-        assert steps == parse_plan(plan_text(arithmetic_plan(expression)))
-    assert calls == ["7"]
-    assert [s.q for s in expand(parse_plan('["1+2","{}+3+4"]'), lambda q: "garbage")] == ["1+2", "{1}+3+4"]
-    assert len(expand(parse_plan('["1+2","{}+3+4"]'), lambda q: '["{}+3","{}+4"]', max_steps=2)) == 2
 
 
 def test_compact_and_spelled_out_plans_mean_the_same():
@@ -120,7 +104,7 @@ def test_ready_steps_form_waves_in_dependency_order():
     assert substitute("{3}-6", {"3": "-26"}) == "-26-6"
 
 
-def test_recompute_handles_arithmetic_only():
+def test_calculator_handles_arithmetic_only():
     assert recompute("144+-37") == "107"
     assert recompute("7/2") == "7/2"
     assert recompute("2**3") is None and recompute("__import__('os')") is None and recompute("x+1") is None
@@ -140,3 +124,16 @@ def test_sft_rows_teach_both_pipeline_roles():
         ("<|user|>3-9<|assistant|>", "<think>3-9=-6</think><answer>-6</answer><eos>"),
         ("<|user|>-6-7<|assistant|>", "<think>-6-7=-13</think><answer>-13</answer><eos>"),
         ("<|user|>-6+1<|assistant|>", "<think>-6+1=-5</think><answer>-5</answer><eos>")]
+
+
+def test_word_plan_rows_teach_the_planner_the_trace_steps():
+    from reasoner.rl.data import word_plan_rows
+    from reasoner.tasks.word import WordTask, plan_text as word_plan
+    from reasoner.tokenizer import builtin_tokenizer
+
+    problems = WordTask().problems("train", 3, level=3)
+    rows = word_plan_rows(problems, builtin_tokenizer())
+    for problem, row in zip(problems, rows):
+        assert row["prompt"] == f"<|user|>{render('plan', problem=problem.question)}<|assistant|>"
+        assert row["completion"] == word_plan(problem) + "<eos>"
+        jsonschema.validate(json.loads(word_plan(problem)), plan_schema())

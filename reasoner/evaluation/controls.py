@@ -38,7 +38,11 @@ class BlindBackend(Backend):
             return f"<think></think><answer>def f(*args):\n    return {rng.randint(0, 99)}</answer>"
         plan = [f"{rng.randint(1, 20)}{rng.choice('+-*')}{rng.randint(2, 9)}"]
         plan += [f"{{}}{rng.choice('+-*')}{rng.randint(2, 9)}" for _ in range(rng.randint(1, 4))]
-        # It cannot tell a planner call from a solver call, so it writes either form at random.
+        # It cannot tell a planner call from a solver call, so it writes either form at random; a direct answer
+        # is what its plan would come to, so both forms guess from the same distribution of numbers.
         if rng.random() < 0.5:
             return json.dumps(plan, separators=(",", ":"))
-        return f"<think></think><answer>{rng.randint(0, 999)}</answer>"
+        value = 0
+        for step in plan:
+            value = int(eval(step.replace("{}", str(value))))  # noqa: S307 - digits and +-* it wrote itself
+        return f"<think></think><answer>{value}</answer>"
