@@ -71,8 +71,8 @@ class MTPLayer(DeepseekV3DecoderLayer):
 
 def _base(model):
     """The DeepseekV3ForCausalLM under a peft / DDP wrapper."""
-    while not hasattr(model, "lm_head"):
-        model = getattr(model, "module", None) or model.get_base_model()
+    while "lm_head" not in model._modules:  # peft forwards attribute reads, so ask the module registry
+        model = model._modules["module"] if "module" in model._modules else model.get_base_model()
     return model
 
 

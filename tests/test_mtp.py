@@ -313,3 +313,21 @@ def test_speculative_compacts_the_batch_as_rows_finish(tiny_mtp):
     assert engine.stats["compactions"] >= 1
     assert [(c.token_ids, c.finish_reason) for c in spec] == [(c.token_ids, c.finish_reason) for c in plain]
     assert all(c.logits.shape[0] == len(c.token_ids) for c in spec)
+
+
+def test_mtp_attaches_through_a_lora_wrapper():
+    from reasoner.rl.lora import with_lora
+    from reasoner.rl.recipe import LoraConfig
+
+    model, _ = load_model("tiny")
+    wrapped = with_lora(model, LoraConfig(enabled=True, r=4))
+    attach_mtp(wrapped, 1)
+    assert mtp_depth(wrapped) == 1 and mtp_depth(model) == 1
+
+
+def test_speculative_prefill_in_groups_changes_nothing(tiny_mtp):
+    model, tok = tiny_mtp
+    ids = prompt_ids(tok)
+    whole = RolloutEngine(model, tok).generate(ids, 12, temperature=0.0, num_samples=2)
+    grouped = RolloutEngine(model, tok, prefill_budget=1).generate(ids, 12, temperature=0.0, num_samples=2)
+    assert [c.token_ids for c in whole] == [c.token_ids for c in grouped]

@@ -134,16 +134,20 @@ def _mtp_prefill(engine, ids, hidden, pad, G, cache, rot):
     if S <= 0:
         return
     li = len(engine.layers)
-    mask = engine._prefill_mask(pad, P)[:, :S, :, :S]
-    pos = (torch.arange(S, device=ids.device)[None] - pad[:, None]).clamp(min=0)
-    rep = torch.arange(Np, device=ids.device).repeat_interleave(G)
+    ar = torch.arange(S, device=ids.device)
+    step = max(1, engine.prefill_budget // (S * S * engine.num_heads))  # as in engine._prefill
+    for a in range(0, Np, step):
+        b = min(Np, a + step)
+        mask = engine._prefill_mask(pad[a:b], P)[:, :S, :, :S]
+        pos = (ar[None] - pad[a:b, None]).clamp(min=0)
+        rep = torch.arange(b - a, device=ids.device).repeat_interleave(G)
 
-    def write(_li, latent, k_rope):
-        rows = torch.cat((latent, k_rope), dim=-1)
-        cache[li, :Np * G, :S] = rows[rep]
-        return rows
+        def write(_li, latent, k_rope, _a=a, _b=b, _rep=rep):
+            rows = torch.cat((latent, k_rope), dim=-1)
+            cache[li, _a * G:_b * G, :S] = rows[_rep]
+            return rows
 
-    engine._mtp_forward(ids[:, 1:S + 1], hidden[:, :S], rot[pos], mask, write)
+        engine._mtp_forward(ids[a:b, 1:S + 1], hidden[a:b, :S], rot[pos], mask, write)
 
 
 class _Output:
