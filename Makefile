@@ -14,7 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# The browser test (tests/test_traces_ui.py) drives Debian's chromium through chromium-driver; install both when
+# missing so it runs on a fresh machine and in CI (as root, or through sudo where there is one).
 install: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
 
 demo: install
 	$(BIN)/reasoner demo
