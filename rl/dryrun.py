@@ -347,7 +347,48 @@ def fixes(s: Shape, u: Setup, lora_trainable: int) -> list[str]:
             found.append(f"shorter completions: --set grpo.max_completion_length={completion}")
             break
         completion //= 2
-    return found
+    return found or combined_fix(s, u, lora_trainable)
+
+
+def combined_fix(s: Shape, u: Setup, lora_trainable: int) -> list[str]:
+    """No single change fits: apply them one after another (checkpointing, one sequence per micro-batch,
+    sharding, more GPUs, LoRA, halved completions) and name the shortest sequence that fits."""
+    changes: list[str] = []
+    current = u
+
+    def fits(setup: Setup) -> bool:
+        return make_plan(s, setup).fits
+
+    steps = []
+    if not u.checkpointing:
+        steps.append(("--set grpo.gradient_checkpointing=true", dict(checkpointing=True)))
+    if u.micro > 1:
+        steps.append(("--set grpo.micro_batch_size=1", dict(micro=1)))
+    if u.sharding not in ("fsdp", "zero3"):
+        steps.append(("--accelerate-config fsdp", dict(sharding="fsdp", gpus=max(u.gpus, 8))))
+    for text, change in steps:
+        current = dataclasses.replace(current, **change)
+        changes.append(text)
+        if fits(current):
+            return [f"combined: {' + '.join(changes)}"]
+    for gpus in (8, 16, 32, 64, 128, 256, 512, 1024, 2048):
+        if gpus > current.gpus and fits(dataclasses.replace(current, gpus=gpus)):
+            return [f"combined: {' + '.join([*changes, f'--gpus {gpus}'])}"]
+    options = [(current, changes)]
+    if not current.lora:
+        options.append((dataclasses.replace(current, lora=True, trainable=lora_trainable, reference=False),
+                        [*changes, "--set lora.enabled=true"]))
+    for setup, named in options:
+        if fits(setup):
+            return [f"combined: {' + '.join(named)}"]
+        completion = setup.completion // 2
+        while completion >= 64:
+            for gpus in sorted({setup.gpus, 64, 256, 1024}):
+                if gpus >= setup.gpus and fits(dataclasses.replace(setup, completion=completion, gpus=gpus)):
+                    extra = [f"--gpus {gpus}"] if gpus != setup.gpus else []
+                    return [f"combined: {' + '.join([*named, *extra, f'--set grpo.max_completion_length={completion}'])}"]
+            completion //= 2
+    return []
 
 
 # ----------------------------------------------------------------------------------------- the dry run
