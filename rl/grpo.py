@@ -40,6 +40,9 @@ class RecordingGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
+        acceptance = getattr(self.rollout_func, "state", {}).get("acceptance")
+        if acceptance is not None:  # rollouts drafted with MTP (reasoner/rollout/speculative.py)
+            self._metrics["train" if self.model.training else "eval"]["mtp_acceptance"].append(acceptance)
         problem_ids = gather_object([row.get("problem_id") for row in inputs])
         answers = gather_object([row.get("answer") for row in inputs])
         if self.rollout_sink is not None and self.accelerator.is_main_process:
