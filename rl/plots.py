@@ -9,6 +9,7 @@ PANELS = (
     ("completions/mean_length", "completion length", "tokens"),
     ("maxvio", "MaxVio", "max load / mean load - 1 (mean over MoE layers)"),
     ("mtp_loss", "MTP loss", "cross-entropy of the next-next token(s)"),
+    ("mtp_acceptance", "MTP acceptance", "share of drafts accepted in rollouts"),
 )
 
 

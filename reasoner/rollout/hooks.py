@@ -61,7 +61,7 @@ def make_rollout_func(engine: RolloutEngine | None = None, *, stop_strings: Sequ
     given; its absorbed matrices are refreshed automatically after each optimizer step. Returned
     `logprobs` are those of the sampling distribution (vLLM's `processed_logprobs`).
     """
-    state = {"engine": engine, "calls": 0, "step": None}
+    state = {"engine": engine, "calls": 0, "step": None, "acceptance": None}
 
     def rollout_func(prompts: list, trainer) -> dict[str, list]:
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -85,7 +85,10 @@ def make_rollout_func(engine: RolloutEngine | None = None, *, stop_strings: Sequ
         template_kwargs = getattr(trainer, "chat_template_kwargs", None)
         prompt_ids = [_prompt_ids(tokenizer, p, template_kwargs) for p in prompts]
         max_new = options.pop("max_new_tokens")
+        drafted, accepted = eng.stats["drafted"], eng.stats["accepted"]
         completions = generate_grouped(eng, prompt_ids, max_new, seed=call_seed, **options)
+        if eng.stats["drafted"] > drafted:  # MTP self-speculative rollouts: this call's acceptance rate
+            state["acceptance"] = (eng.stats["accepted"] - accepted) / (eng.stats["drafted"] - drafted)
         return {
             "prompt_ids": prompt_ids,
             "completion_ids": [c.token_ids for c in completions],
