@@ -338,7 +338,7 @@ def test_cli_list_table(store, capsys):
     traces = _populate(store)
     code, out, _ = _run(capsys, "--store", store.path, "list", "--limit", "5")
     assert code == 0
-    assert traces[0].id[:12] in out and "5 of 13 traces" in out
+    assert traces[0].id[:8] in out and "5 of 13 traces" in out
 
 
 def test_cli_show_folds_think_and_colours_verdicts(store, capsys):
@@ -400,4 +400,4 @@ def test_benchmark_runs(tmp_path):
     rows = {q["query"]: q["rows"] for q in report["queries"]}
     assert rows["count all"] == 300 and rows["list all summaries"] == 300
     assert 0 < rows["filter source=train, incorrect"] < 300
-    assert all(q["ms"] >= 0 for q in report["queries"])
+    assert all(0 < q["ms"] < 10_000 for q in report["queries"]), report["queries"]  # timed, and not absurdly

@@ -17,6 +17,8 @@ from reasoner.errors import ReasonerError
 
 SORT_CHOICES = ("created", "reward", "task", "source", "model", "tokens", "length")
 EXPORT_FORMATS = ("html", "jsonl", "otlp")
+DEFAULT_TABLE_ROWS = 100
+DEFAULT_HTML_LIMIT = 1000  # a page of more traces takes seconds to open; `traces ui` browses any number
 STORE_HELP = "trace store file or run directory (default: $REASONER_HOME/traces.db, else ./runs/traces.db)"
 
 
@@ -60,18 +62,30 @@ def add_parser(subparsers) -> None:
     importing.add_argument("files", nargs="+", metavar="FILE")
     importing.set_defaults(func=run_import)
 
+    ui = actions.add_parser("ui", parents=[store_option],
+                            help="browse traces in a local web app (list, detail, GRPO groups, compare)",
+                            description="Serve a local web app over the trace store: a filtered, paginated list; "
+                            "each trace as a tree with its think text and a timing waterfall; a GRPO prompt's "
+                            "rollouts side by side with their rewards and advantages; two traces compared.")
+    ui.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only; traces hold your data)")
+    ui.set_defaults(func=run_ui)
+
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("filters")
-    group.add_argument("--source", choices=("train", "pipeline", "eval"))
+    group.add_argument("--source", choices=("train", "pipeline", "eval"),
+                       help="where traces came from: train (GRPO rollouts), pipeline (solve/serve runs), eval")
+    group.add_argument("--run", metavar="RUN_ID", help="one training run's rollouts (`reasoner train` prints its id)")
     group.add_argument("--task", help="task name; wildcards allowed (gsm8k*)")
     group.add_argument("--model", help="model name; wildcards allowed")
     verdict = group.add_mutually_exclusive_group()
     verdict.add_argument("--correct", dest="correct", action="store_const", const=True, help="only correct traces")
     verdict.add_argument("--incorrect", dest="correct", action="store_const", const=False,
                          help="only incorrect traces")
-    group.add_argument("--min-reward", type=float, metavar="X")
-    group.add_argument("--max-reward", type=float, metavar="X")
+    group.add_argument("--min-reward", type=float, metavar="X", help="only traces with reward >= X (total reward)")
+    group.add_argument("--max-reward", type=float, metavar="X", help="only traces with reward <= X")
     group.add_argument("--since", metavar="WHEN", help="date/time (2025-01-31, 2025-01-31T12:00) or age (7d, 12h, 30m)")
     group.add_argument("--until", metavar="WHEN", help="same forms as --since; a bare date includes that day")
     group.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
@@ -79,7 +93,9 @@ def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--search", metavar="TEXT", help="case-insensitive text anywhere in the trace")
     group.add_argument("--sort", choices=SORT_CHOICES, default="created")
     group.add_argument("--asc", action="store_true", help="ascending order (default: descending)")
-    group.add_argument("--limit", type=int, metavar="N", help="at most N traces")
+    group.add_argument("--limit", type=int, metavar="N",
+                       help=f"at most N traces (0: no limit; list shows {DEFAULT_TABLE_ROWS} and html exports "
+                            f"{DEFAULT_HTML_LIMIT} unless told)")
 
 
 # -- argument parsing helpers --------------------------------------------------------------------
@@ -126,7 +142,7 @@ def filter_from_args(args: argparse.Namespace, ids: list[str] | None = None):
     if args.limit is not None and args.limit < 0:
         raise ReasonerError("--limit must be 0 or more")
     return TraceFilter(
-        ids=ids or None, source=args.source, task=args.task, model=args.model, correct=args.correct,
+        ids=ids or None, run=getattr(args, "run", None), source=args.source, task=args.task, model=args.model, correct=args.correct,
         min_reward=args.min_reward, max_reward=args.max_reward,
         since=parse_when(args.since) if args.since else None,
         until=parse_when(args.until, end_of_day=True) if args.until else None,
@@ -157,9 +173,27 @@ def _console():
 
 # -- handlers -----------------------------------------------------------------------------------
 
-DEFAULT_TABLE_ROWS = 100
 
 
+def _pipe_safe(handler):
+    """A reader that goes away (`traces list --json | head`) ends the output quietly, not with a traceback."""
+    import functools
+
+    @functools.wraps(handler)
+    def wrapped(args):
+        try:
+            code = handler(args)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: let that go nowhere
+            os.close(devnull)
+            return 0
+    return wrapped
+
+
+@_pipe_safe
 def run_list(args: argparse.Namespace) -> int:
     trace_filter = filter_from_args(args)
     with open_store(args, read_only=True) as store:
@@ -178,6 +212,7 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_pipe_safe
 def run_show(args: argparse.Namespace) -> int:
     with open_store(args, read_only=True) as store:
         trace = store.get(args.id)
@@ -190,6 +225,7 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+@_pipe_safe
 def run_diff(args: argparse.Namespace) -> int:
     with open_store(args, read_only=True) as store:
         a, b = store.get(args.a), store.get(args.b)
@@ -199,14 +235,21 @@ def run_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+@_pipe_safe
 def run_export(args: argparse.Namespace) -> int:
     from reasoner.traces import exchange
 
-    trace_filter = filter_from_args(args, ids=args.ids)
-    if trace_filter.limit == 0:
-        trace_filter.limit = None
     writer = {"html": exchange.write_html, "jsonl": exchange.write_jsonl, "otlp": exchange.write_otlp}[args.format]
     with open_store(args, read_only=True) as store:
+        ids = [store.get(given).id for given in args.ids]  # prefixes, as show and diff take them
+        trace_filter = filter_from_args(args, ids=ids)
+        capped = None
+        if trace_filter.limit == 0:
+            trace_filter.limit = None
+        elif trace_filter.limit is None and args.format == "html" and not ids:
+            total = store.count(trace_filter)
+            if total > DEFAULT_HTML_LIMIT:
+                trace_filter.limit, capped = DEFAULT_HTML_LIMIT, total
         traces = store.iter_traces(trace_filter)
         if args.output == "-":
             count = writer(traces, sys.stdout)
@@ -214,6 +257,13 @@ def run_export(args: argparse.Namespace) -> int:
             count = _write_atomically(Path(args.output), lambda out: writer(traces, out))
     if args.output != "-":
         print(f"exported {count} trace{'s' * (count != 1)} to {args.output} ({args.format})", file=sys.stderr)
+    if capped:
+        print(f"note: the HTML export stops at {DEFAULT_HTML_LIMIT} traces (newest first) of the {capped} that "
+              f"matched; --limit 0 exports all of them, filters or --limit N choose others, and "
+              f"`reasoner traces ui` browses any number", file=sys.stderr)
+    if count == 0:
+        print("warning: no trace matched; nothing was exported (check the filters, ids and --store)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -234,6 +284,13 @@ def _write_atomically(path: Path, write) -> int:
         os.unlink(temp)
         raise
     return count
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    from reasoner.traces.ui import serve
+
+    serve(args.store, host=args.host, port=args.port)
+    return 0
 
 
 def run_import(args: argparse.Namespace) -> int:

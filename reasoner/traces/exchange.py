@@ -77,43 +77,44 @@ def write_otlp(traces: Iterable[Trace], out: IO[str]) -> int:
 
 
 def otlp_request(trace: Trace) -> dict:
+    """One trace as an OTLP request: a root span covering the whole trace, then every span under its parent.
+    Times come from views.span_times, so every child lies within its parent (waterfalls draw right)."""
+    from reasoner.traces.views import span_times
+
     spans: list[dict] = []
-    created = trace.created.timestamp()
     trace_id = _hex_id(trace.id, 32)
     root_id = _hex_id(trace.id + "/root", 16)
-    end = max([created] + [s.end or s.start or created for _, s in trace.walk()])
+    times, (start, end), _ = span_times(trace)
     root_attributes = {"openinference.span.kind": "CHAIN", "reasoner.trace.id": trace.id,
                        "reasoner.source": trace.source, "reasoner.task": trace.task, "reasoner.model": trace.model,
                        "reasoner.correct": trace.correct, "reasoner.reward": trace.reward,
                        "input.value": trace.prompt,
                        **{f"reasoner.metadata.{k}": v for k, v in trace.metadata.items()}}
-    spans.append(_otlp_span(trace_id, root_id, None, f"{trace.source} {trace.task}", created, end,
+    spans.append(_otlp_span(trace_id, root_id, None, f"{trace.source} {trace.task}", start, end,
                             root_attributes, None, 1))
     for span in trace.spans:
-        _otlp_walk(span, trace_id, root_id, created, spans, trace.model)
+        _otlp_walk(span, trace_id, root_id, times, spans, trace.model)
     resource = {"attributes": _attributes({"service.name": "reasoner", "reasoner.source": trace.source})}
     scope = {"name": "reasoner.traces", "version": str(trace.schema_version)}
     return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"scope": scope, "spans": spans}]}]}
 
 
-def _otlp_walk(span: Span, trace_id: str, parent_id: str, parent_start: float, out: list[dict],
+def _otlp_walk(span: Span, trace_id: str, parent_id: str, times: dict, out: list[dict],
                trace_model: str | None) -> None:
     span_id = _hex_id(span.id, 16)
-    start = span.start if span.start is not None else parent_start
-    duration = span.duration_s
-    end = span.end if span.end is not None else start + (duration or 0.0)
+    start, end = times[span.id]
     kind = 3 if span.model_call else 1  # SPAN_KIND_CLIENT for model calls, else INTERNAL
     model = (span.model_call.model or trace_model) if span.model_call else None  # calls inherit the trace's model
     name = f"chat {model}" if model else span.name
     out.append(_otlp_span(trace_id, span_id, parent_id, name, start, end, _span_attributes(span, model),
                           span.error if span.status == "error" else None, kind, span.status))
     for child in span.children:
-        _otlp_walk(child, trace_id, span_id, start, out, trace_model)
+        _otlp_walk(child, trace_id, span_id, times, out, trace_model)
 
 
 def _otlp_span(trace_id, span_id, parent_id, name, start, end, attributes, error, kind, status="ok") -> dict:
     data = {"traceId": trace_id, "spanId": span_id, "name": name, "kind": kind,
-            "startTimeUnixNano": str(int(start * 1e9)), "endTimeUnixNano": str(int(end * 1e9)),
+            "startTimeUnixNano": str(round(start * 1e9)), "endTimeUnixNano": str(round(end * 1e9)),
             "attributes": _attributes(attributes),
             "status": {"code": 2, "message": error or ""} if status == "error" else {"code": 1}}
     if parent_id:

@@ -12,6 +12,7 @@ from rich.tree import Tree
 from reasoner.progress import printable
 from reasoner.traces.model import Span, Trace
 from reasoner.traces.store import TraceSummary
+from reasoner.traces.views import diff_segments, final_answer, question_text, trace_text
 
 VERDICT_STYLES = {"pass": "bold green", "fail": "bold red", "error": "bold yellow", "unknown": "dim"}
 VERDICT_MARKS = {"pass": "✔", "fail": "✘", "error": "!", "unknown": "?"}
@@ -50,24 +51,40 @@ def _verdict_reward(row: TraceSummary) -> Text:
 
 
 def summary_table(summaries: Sequence[TraceSummary], total: int | None = None) -> Table:
+    """Readable at 80 columns: short ids and times, the question (not the chat template) gets what is left;
+    a column every row shares (source, model) moves to the caption."""
     shown = len(summaries)
     count = total if total is not None else shown
     caption = f"{shown} of {count} traces" if count != shown else f"{count} trace{'s' * (count != 1)}"
+    shared = {}
+    for name in ("source", "model"):
+        values = {getattr(row, name) for row in summaries}
+        if len(values) == 1 and shown > 1:
+            shared[name] = next(iter(values))
+    if shared:
+        caption += " · " + " · ".join(f"{k} {printable(v or '–', False)}" for k, v in shared.items())
     table = Table(caption=caption, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
     with_tokens = any(row.completion_tokens is not None for row in summaries)
-    # (header, justify, min width): ids and times stay whole; the prompt preview takes what is left
-    columns = [("id", "left", 12), ("created (UTC)", "left", 16), ("source", "left", 8), ("task", "left", 5),
-               ("model", "left", 5), ("ok reward", "right", 9)]
-    columns += [("tokens", "right", 6)] * with_tokens + [("prompt", "left", 8)]
-    for name, justify, width in columns:
-        table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True, min_width=width)
+    # (header, justify, min width, max width): ids and times stay whole; the question takes what is left
+    columns = [("id", "left", 8, 8), ("created", "left", 11, 11)]
+    columns += [("source", "left", 5, 8)] * ("source" not in shared) + [("task", "left", 4, 12)]
+    columns += [("model", "left", 5, 16)] * ("model" not in shared) + [("ok reward", "right", 9, 9)]
+    columns += [("tok", "right", 3, 5)] * with_tokens + [("question", "left", 12, None)]
+    for name, justify, width, most in columns:
+        table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True, min_width=width, max_width=most,
+                         ratio=1 if name == "question" else None)
     for row in summaries:
-        cells = [printable(row.id[:12], False), row.created.strftime("%Y-%m-%d %H:%M"), printable(row.source, False),
-                 printable(row.task, False), printable(row.model, False) if row.model else "–", _verdict_reward(row)]
+        cells = [printable(row.id[:8], False), row.created.strftime("%m-%d %H:%M")]
+        if "source" not in shared:
+            cells.append(printable(row.source, False))
+        cells.append(printable(row.task, False))
+        if "model" not in shared:
+            cells.append(printable(row.model, False) if row.model else "–")
+        cells.append(_verdict_reward(row))
         if with_tokens:
             cells.append("–" if row.completion_tokens is None else str(row.completion_tokens))
-        table.add_row(*cells, printable((row.preview or "")[:80], False))
+        table.add_row(*cells, printable(question_text(row.preview)[:120], False))
     return table
 
 
@@ -150,25 +167,48 @@ def trace_tree(trace: Trace, show_think: bool = False) -> Tree:
 def _facts(trace: Trace) -> dict[str, str]:
     calls = trace.model_calls()
     think_chars = sum(len(call.think or "") for call in calls)
+    answer, status = final_answer(trace)
     return {
         "id": trace.id[:12], "source": trace.source, "task": trace.task, "model": trace.model or "–",
         "created": trace.created.strftime("%Y-%m-%d %H:%M"), "correct": str(trace.correct),
         "reward": _num(trace.reward), "model calls": str(len(calls)),
         "completion tokens": "–" if trace.completion_tokens is None else str(trace.completion_tokens),
-        "think chars": str(think_chars), "answer": _clip(calls[-1].answer, 120) if calls else "–",
+        "think chars": str(think_chars),
+        "answer": (_clip(answer, 120) or "–") + (f"  ({status})" if status else ""),
     }
 
 
+def highlighted_diff(a: str, b: str) -> tuple[Text, Text]:
+    """Both texts with what differs marked: removed from A in red, added in B in green (underlined, so the
+    marks survive without colour)."""
+    left, right = Text(), Text()
+    for tag, part_a, part_b in diff_segments(a, b):
+        if tag == "equal":
+            left.append(part_a)
+            right.append(part_b)
+        else:
+            left.append(part_a, style="bold red underline")
+            right.append(part_b, style="bold green underline")
+    return left, right
+
+
 def diff_view(a: Trace, b: Trace, show_think: bool = False) -> Group:
-    """A facts table (differences in yellow) above both span trees side by side."""
+    """A facts table (differences in yellow; the final answers and completions with the differing words
+    marked) above both span trees side by side."""
     a, b = printable_trace(a), printable_trace(b)
     facts_a, facts_b = _facts(a), _facts(b)
     facts = Table(title="A vs B", header_style="bold")
     for name in ("", "A", "B"):
         facts.add_column(name, overflow="fold")
     for key in facts_a:
+        if key == "answer" and facts_a[key] != facts_b[key]:
+            facts.add_row(key, *highlighted_diff(facts_a[key], facts_b[key]))
+            continue
         style = "yellow" if facts_a[key] != facts_b[key] and key not in ("id", "created") else ""
         facts.add_row(key, Text(facts_a[key], style=style), Text(facts_b[key], style=style))
+    text_a, text_b = trace_text(a), trace_text(b)
+    if text_a != text_b:
+        facts.add_row("text", *highlighted_diff(_clip(text_a, 1500), _clip(text_b, 1500)))
     if a.prompt != b.prompt:
         facts.caption = "note: the two traces have different prompts"
     trees = Table.grid(expand=True, padding=(0, 2))

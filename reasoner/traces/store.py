@@ -47,6 +47,15 @@ CREATE INDEX IF NOT EXISTS traces_model ON traces(model, created);
 CREATE INDEX IF NOT EXISTS traces_correct ON traces(correct, created);
 CREATE INDEX IF NOT EXISTS traces_reward ON traces(reward);
 """
+# Metadata the UI filters and groups by (training run id, GRPO group): expression indexes, created on any
+# store opened for writing that lacks them (older stores too). Queries must use these exact expressions.
+RUN_EXPR = "json_extract(metadata, '$.run')"
+GROUP_EXPR = "json_extract(metadata, '$.group')"
+_META_INDEXES = {
+    "traces_run": f"CREATE INDEX IF NOT EXISTS traces_run ON traces({RUN_EXPR}, created)",
+    "traces_group": f"CREATE INDEX IF NOT EXISTS traces_group ON traces({GROUP_EXPR})",
+}
+_SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COLUMNS = ("id", "source", "task", "model", "created", "correct", "reward", "completion_tokens",
             "completion_chars", "preview", "metadata", "body")
 _SUMMARY_COLUMNS = ", ".join(_COLUMNS[:-1])
@@ -87,6 +96,7 @@ class TraceFilter:
     substring search over the whole trace; metadata matches top-level metadata keys exactly.
     """
     ids: list[str] | None = None
+    run: str | None = None  # metadata "run": the training run id (`reasoner train` sets it)
     source: str | None = None
     task: str | None = None
     model: str | None = None
@@ -123,9 +133,16 @@ class TraceFilter:
             if moment is not None:
                 clauses.append(f"created {op} ?")
                 params.append(_epoch(moment))
+        if self.run is not None:
+            clauses.append(f"{RUN_EXPR} = ?")
+            params.append(self.run)
         for key, value in self.metadata.items():
-            clauses.append("json_extract(metadata, ?) = ?")
-            params += [f'$."{key}"', value]
+            if _SIMPLE_KEY.match(key):  # inlined, so the expression indexes (run, group) can answer it
+                clauses.append(f"json_extract(metadata, '$.{key}') = ?")
+                params.append(value)
+            else:
+                clauses.append("json_extract(metadata, ?) = ?")
+                params += [f'$."{key}"', value]
         if self.text:
             clauses.append(r"body LIKE ? ESCAPE '\'")
             params.append("%" + re.sub(r"([\\%_])", r"\\\1", json.dumps(self.text)[1:-1]) + "%")
@@ -312,6 +329,12 @@ class TraceStore:
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # switching needs a lock
             self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")  # WAL+NORMAL: a killed process loses nothing committed
+        present = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        missing = [sql for name, sql in _META_INDEXES.items() if name not in present]
+        if missing:
+            with self._transaction():
+                for sql in missing:
+                    self._conn.execute(sql)
 
     def _is_ours(self) -> bool:
         app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
@@ -424,6 +447,14 @@ class TraceStore:
         where, params = trace_filter.where()
         order, order_params = trace_filter.order_limit()
         return self._fetch(f"SELECT {columns} FROM traces{where}{order}", params + order_params)
+
+    def distinct(self, expression: str, limit: int = 200) -> list:
+        """Distinct non-null values of a column or one of the indexed metadata expressions (for filter menus)."""
+        if expression not in ("source", "task", "model", RUN_EXPR, GROUP_EXPR):
+            raise ValueError(f"cannot list distinct values of {expression!r}")
+        rows = self._fetch(f"SELECT DISTINCT {expression} FROM traces WHERE {expression} IS NOT NULL "
+                           f"ORDER BY 1 LIMIT ?", [limit])
+        return [row[0] for row in rows]
 
     def _fetch(self, sql: str, params: list) -> list[tuple]:
         with self._lock, self._errors():
