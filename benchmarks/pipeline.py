@@ -1,47 +1,54 @@
-"""Direct single-shot answering vs the verified pipeline, on held-out multi-step arithmetic.
+"""Choose the pipeline's settings on the validation split: the pipeline against direct answering and
+majority voting at the same sample budget, over a grid of k, retries and temperature (and levels).
 
-    python benchmarks/pipeline.py --model runs/demo/checkpoint --n 200 --out runs/demo/summary.json
+    python benchmarks/pipeline.py --model runs/demo/grpo/final --task countdown --levels 1 2 \\
+        --samples 4 8 --retries 1 3 --temperatures 0.7 1.0 --n 100
 
-Writes direct_accuracy, pipeline_accuracy, n_pipeline, pass_at_1, maj_at_k (and the plans-only
-ablation) into the summary JSON, keeping its other keys. `make demo` calls the same function,
-reasoner.pipeline.evaluate.compare.
+Runs on `--split validation` by default and prints one row per setting and the chosen one: the highest
+pipeline accuracy, ties to the smaller budget. The demo then reports the test split once with it
+(reasoner/demo.py PIPELINE_TASKS). Choosing on `--split heldout` is refused.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import sys
+import tempfile
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint directory")
-    parser.add_argument("--n", type=int, default=200, help="held-out problems")
-    parser.add_argument("--level", type=int, default=6, help="arithmetic level (6: 8 terms, as make demo)")
-    parser.add_argument("--k", type=int, default=8, help="samples per attempt, for voting and maj@k")
-    parser.add_argument("--retries", type=int, default=3, help="retries after a failed verification")
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--code", type=int, default=0, help="also solve this many held-out code tasks (level 1)")
-    parser.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the plans-only run")
-    parser.add_argument("--out", default="runs/demo/summary.json", help="summary JSON to update")
+    parser.add_argument("--task", required=True, choices=("word", "countdown", "code"))
+    parser.add_argument("--levels", type=int, nargs="+", default=[1])
+    parser.add_argument("--samples", type=int, nargs="+", default=[8], help="k per attempt")
+    parser.add_argument("--retries", type=int, nargs="+", default=[3])
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--n", type=int, default=100, help="validation problems per level")
+    parser.add_argument("--split", default="validation", choices=("validation",),
+                        help="settings are chosen on validation only; the test split is the demo's, reported once")
     args = parser.parse_args(argv)
 
-    from reasoner.errors import ReasonerError
-    from reasoner.pipeline.evaluate import compare, heldout_code, write_summary
+    from reasoner.evaluation.compare import PipelineSettings, compare_task
+    from reasoner.pipeline.backends import LocalBackend
+    from reasoner.tasks import get_task
 
-    try:
-        results = compare(args.model, n=args.n, level=args.level, k=args.k, retries=args.retries,
-                          max_tokens=args.max_tokens, temperature=args.temperature, ablation=args.ablation,
-                          code_problems=heldout_code(args.code) if args.code else ())
-    except ReasonerError as err:
-        print(f"benchmarks/pipeline.py: error: {err}", file=sys.stderr)
-        return 2
-    write_summary(results, args.out)
-    print(json.dumps(results, indent=2))
-    gain = results["pipeline_accuracy"] - results["direct_accuracy"]
-    print(f"pipeline - direct = {gain * 100:+.1f} points (target >= +20); "
-          f"maj@{args.k} {results['maj_at_k']:.3f} vs pass@1 {results['pass_at_1']:.3f}", file=sys.stderr)
+    backend = LocalBackend.from_pretrained(args.model)
+    rows = []
+    print("level  k  retries  T     direct  maj@N   pipeline  N     blind d/p", flush=True)
+    for level, k, retries, temperature in itertools.product(args.levels, args.samples, args.retries,
+                                                            args.temperatures):
+        problems = get_task(args.task).problems(args.split, args.n, level=level)
+        settings = PipelineSettings(samples=k, retries=retries, temperature=temperature, max_tokens=args.max_tokens)
+        with tempfile.TemporaryDirectory() as workdir:
+            result = compare_task(backend, problems, settings, workdir=workdir, traces=f"{workdir}/traces.db")
+        rows.append((level, settings, result))
+        print(f"{level:>5}  {k:>1}  {retries:>7}  {temperature:<4}  {result['direct_accuracy']:.3f}   "
+              f"{result['maj_accuracy']:.3f}   {result['pipeline_accuracy']:.3f}     {result['maj_samples']:<4}  "
+              f"{result['blind_direct_accuracy']:.3f}/{result['blind_pipeline_accuracy']:.3f}", flush=True)
+    level, settings, result = max(rows, key=lambda row: (row[2]["pipeline_accuracy"], -row[2]["mean_samples"]))
+    print(f"chosen on {args.split}: level {level}, {settings}")
     return 0
 
 

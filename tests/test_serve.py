@@ -158,7 +158,8 @@ def test_cli_solve_prints_progress_and_the_answer(server, tmp_path, capsys, monk
     code = main(["solve", "--base-url", server.base_url, "--model", "tiny", "--samples", "2", "--retries", "0",
                  "--max-tokens", "8", "6*7"])
     out, err = capsys.readouterr()
-    assert code in (0, 1)
+    status = err.split("] run ")[0].rsplit("[", 1)[1]  # "[unverified] run <id> (0.4s)"
+    assert code == {"verified": 0, "unverified": 0, "rejected": 3}.get(status, 1), (status, code)
     assert "plan     asking for sub-problems" in err and "solve    step 1: 6*7" in err
     assert "] run " in err and out.strip()  # the answer, or why there is none
     assert (tmp_path / "pipeline.db").exists() and (tmp_path / "traces.db").exists()

@@ -1,6 +1,17 @@
-"""reasoner.pipeline: decomposed, verified solving (LangGraph), behind reasoner.api.Reasoner.
+"""reasoner.pipeline: decomposed, checked solving (LangGraph), behind reasoner.api.Reasoner.
 
-graph.py (nodes, edges), plans.py (plan format, SFT examples), backends.py (local / OpenAI HTTP /
-scripted), checks.py (verdicts), recording.py (the trace), server.py (`reasoner serve`),
-evaluate.py (direct vs pipeline for the demo). Nothing heavy is imported here.
+The rule. At solve time the pipeline uses only what a user has:
+- the problem's text;
+- the examples the problem itself shows (a code problem's `f(2) == 5`);
+- tools applied to what the model wrote: the calculator on an expression the model wrote (a plan step),
+  the sandbox running the model's program on the shown examples, the countdown certificate checker on a
+  proposed expression against the numbers and target the question states.
+It never uses a gold answer, hidden tests, or an evaluation of the user's own question. `reference=` is
+checked only when the caller has one and passes it; no benchmark, demo or test of a gain passes it. Gold
+answers and hidden tests live in reasoner.evaluation.grading alone, and what a solver receives (a
+`Question`) has no field for either.
+
+graph.py (nodes, edges), plans.py (plan format), backends.py (local / OpenAI HTTP / scripted),
+checks.py (verdicts, under the rule above), recording.py (the trace), server.py (`reasoner serve`).
+Nothing heavy is imported here.
 """

@@ -1,7 +1,6 @@
 """Multi-step word problems (GSM8K-like), generated: people, things, buying, giving, sharing, groups, prices.
 
-    Ana has 7 shells. She finds 5 more. She gives 4 to Ben. She buys 3 bags of 2.
-    How many shells does Ana have now?
+    Ana has 7 shells. She finds 5. She gives 4 to Ben. She buys 3 bags of 2. How many now?
 
 Turning the text into arithmetic is the solver's job: the question is prose, so no tool can evaluate it.
 The worked trace writes one expression per sentence, each on the previous result (`7+5=12`, `12-4=8`,
@@ -36,10 +35,9 @@ def events(rng: random.Random, total: int, pronoun: str, other: str) -> list[Ste
     """The sentences that can follow when the count is `total`, each with its expression and result."""
     b, c = rng.randint(2, 9), rng.randint(2, 9)
     options = [
-        Step(f"{pronoun} buys {b} more.", f"{{}}+{b}", total + b),
-        Step(f"{pronoun} finds {b} more.", f"{{}}+{b}", total + b),
-        Step(f"{other} gives {pronoun.lower() if pronoun == 'It' else ('her' if pronoun == 'She' else 'him')} {b}.",
-             f"{{}}+{b}", total + b),
+        Step(f"{pronoun} buys {b}.", f"{{}}+{b}", total + b),
+        Step(f"{pronoun} finds {b}.", f"{{}}+{b}", total + b),
+        Step(f"{other} gives {'her' if pronoun == 'She' else 'him'} {b}.", f"{{}}+{b}", total + b),
         Step(f"{pronoun} buys {b} bags of {c}.", f"{{}}+{b}*{c}", total + b * c),
         Step(f"{pronoun} doubles them.", "{}*2", total * 2),
         Step(f"{pronoun} triples them.", "{}*3", total * 3),
@@ -49,10 +47,10 @@ def events(rng: random.Random, total: int, pronoun: str, other: str) -> list[Ste
                     Step(f"{pronoun} sells {b}.", f"{{}}-{b}", total - b),
                     Step(f"{pronoun} loses {b}.", f"{{}}-{b}", total - b)]
     if total > b * c:
-        options.append(Step(f"{pronoun} gives {b} friends {c} each.", f"{{}}-{b}*{c}", total - b * c))
+        options.append(Step(f"{pronoun} gives {b} kids {c} each.", f"{{}}-{b}*{c}", total - b * c))
     for k in (2, 3, 4, 5):
         if total % k == 0 and total >= 2 * k:
-            options.append(Step(f"{pronoun} keeps one of {k} equal shares.",
+            options.append(Step(f"{pronoun} keeps 1 of {k} equal parts.",
                                 f"{{}}/{k}", total // k))
     return [step for step in options if 0 <= step.value <= MAX_VALUE]
 
@@ -71,12 +69,12 @@ def make_word_problem(rng: random.Random, level: int) -> Problem:
         total = step.value
     price = rng.randint(2, 9)
     if rng.random() < 0.3 and total * price <= MAX_VALUE:  # a rate: the last step prices them
-        sentences.append(f"Each costs {price} dollars. What are they worth in dollars?")
+        sentences.append(f"Each costs {price} dollars. How many dollars in all?")
         expressions.append(f"{{}}*{price}")
         lines.append(f"{total}*{price}={total * price}")
         total *= price
     else:
-        sentences.append(f"How many {things} does {name} have now?")
+        sentences.append("How many now?")
         if len(expressions) < LEVELS[level]:  # keep the step count: one more event before the question
             step = rng.choice(events(rng, total, pronoun, other))
             sentences.insert(-1, step.sentence)
