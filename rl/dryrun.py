@@ -464,7 +464,9 @@ def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_
     dtype = _dtype_of(source, config, is_checkpoint, ModelSpec)
     model = meta_model(config)
     shape = shape_of(config, model, {"float32": 4, "bfloat16": 2, "float16": 2}[dtype])
-    checks.append(f"model {source}: {shape.total / 1e9:.2f}B parameters, {shape.active / 1e9:.2f}B activated per token, {dtype}")
+    from reasoner.params import human
+
+    checks.append(f"model {source}: {human(shape.total)} parameters, {human(shape.active)} activated per token, {dtype}")
     default_targets = ["q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
     lora_alt = shape.lora_parameters(recipe.lora.r, default_targets, model)
     if recipe.lora.enabled:
