@@ -536,6 +536,7 @@ def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_
     eval_problems = task.problems("heldout", 2, level=recipe.task.eval_level, seed=recipe.seed)
     checks.append(f"evaluation task {recipe.task.name}: loads ({len(eval_problems)} sampled)")
     data = recipe.task.train_data
+    loaded: list = []
     if data.gsm8k or data.math:
         from reasoner.rl.traindata import HUB, load_source
 
@@ -550,6 +551,7 @@ def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_
                 launch.append(f"task.train_data.{name}: {where} does not exist here; the run needs it")
                 continue
             rows = load_source(name, where)
+            loaded += rows
             checks.append(f"task.train_data.{name}: {len(rows)} problems from {where}")
     elif recipe.task.name in ("gsm8k", "math500", "humaneval"):
         problems.append(f"task {recipe.task.name} is a test set: set task.train_data (GSM8K/MATH train splits) for GRPO prompts")
@@ -558,14 +560,33 @@ def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_
     if not _cuda():
         launch.append("a CUDA machine (this one has no GPU: nothing here was run on one)")
 
+    prompt_length = p.prompt_length
+    if loaded and is_checkpoint(source) and (Path(source) / "tokenizer_config.json").exists():
+        longest, sampled = longest_prompt(loaded, source, recipe.task.prompt_style, recipe.seed)
+        checks.append(f"prompts: the longest of {sampled} sampled is {longest} tokens "
+                      f"(parallel.prompt_length {p.prompt_length}" + ("; the plan uses the longest)" if longest > prompt_length else ")"))
+        prompt_length = max(prompt_length, longest)
     setup = Setup(sharding=sharding, gpus=gpus, gpu=gpu, mfu=mfu, trainable=trainable, lora=recipe.lora.enabled,
                   reference=g.beta > 0 and not recipe.lora.enabled, sequences=sequences, micro=micro,
-                  prompt=p.prompt_length, completion=g.max_completion_length, checkpointing=g.gradient_checkpointing,
+                  prompt=prompt_length, completion=g.max_completion_length, checkpointing=g.gradient_checkpointing,
                   rollout=rollout, vllm_share=g.vllm_gpu_memory_utilization, vllm_tp=g.vllm_tensor_parallel_size,
                   offload_optimizer=offload_optimizer, offload_params=offload_params)
     plan = make_plan(shape, setup)
     found = [] if plan.fits else fixes(shape, setup, lora_alt)
     return DryRun(recipe.name, shape, setup, plan, problems, checks, launch, found)
+
+
+def longest_prompt(problems: list, source: str, style: str, seed: int, sample: int = 2000) -> tuple[int, int]:
+    """Tokens in the longest rendered GRPO prompt of (a seeded sample of) the training problems, with the
+    checkpoint's own tokenizer and the recipe's prompt style: TRL does not truncate prompts."""
+    import random
+
+    from reasoner.rl.data import render_prompt
+    from reasoner.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(source)
+    chosen = problems if len(problems) <= sample else random.Random(seed).sample(problems, sample)
+    return max(len(tokenizer(render_prompt(p.question, tokenizer, style)).input_ids) for p in chosen), len(chosen)
 
 
 def _dtype_of(source, config, is_checkpoint, ModelSpec) -> str:

@@ -135,3 +135,18 @@ def test_memory_plan_within_20_percent_of_measured_peak_on_cpu(model):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(result["rss_vs_plan"]) < 0.20, result
     assert abs(result["saved_vs_plan"]) < 0.02, result
+
+
+def test_prompt_length_is_measured_with_the_checkpoints_tokenizer(tiny_checkpoint, tmp_path, capsys):
+    """With a checkpoint and train data on this machine, the plan uses the longest real prompt when it is longer."""
+    question = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. " * 3
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": question, "answer": "48/2=24\n#### 72"}) + "\n")
+    code, lines = _dry_run(capsys, "demo", "--set", f"model={tiny_checkpoint}", "--set", f"task.train_data.gsm8k={data}",
+                           "--set", "parallel.prompt_length=16")
+    text = "\n".join(lines)
+    assert code == 0 and "task.train_data.gsm8k: 1 problems" in text, text
+    longest = int(text.split("the longest of 1 sampled is ")[1].split(" tokens")[0])
+    assert longest > len(question) and "the plan uses the longest" in text   # built-in tokenizer: one per character
+    header = next(line for line in lines if line.startswith("per GPU"))
+    assert f", {longest} + " in header, header
