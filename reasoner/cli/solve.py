@@ -25,8 +25,11 @@ def add_parser(subparsers):
         description="Solve a problem with a local checkpoint (--model) or an OpenAI-compatible server "
                     "(--base-url). Progress goes to stderr, the answer to stdout. Every run is checkpointed: "
                     "after Ctrl-C, --resume RUN_ID continues it.",
-        epilog="examples:\n  reasoner solve --model runs/demo/checkpoint '37+48*3-25*2+9'\n"
-               "  reasoner solve --base-url http://127.0.0.1:8000/v1 --model tiny --samples 8 '12*7-5'\n"
+        epilog="examples:\n"
+               "  reasoner solve --model runs/demo/grpo/final --task countdown \\\n"
+               "      'Using the numbers [3, 5, 8], make 23. Use + - * / and each number exactly once.'\n"
+               "  reasoner solve --model runs/demo/grpo/final 'Ana has 7 pens. She buys 5. She doubles them. How many now?'\n"
+               "  reasoner solve --base-url http://127.0.0.1:8000/v1 --model tiny --samples 8 'Ben has 3 cups. ...'\n"
                "  reasoner solve --model ckpt --resume 3f2a...\n\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("problem", nargs="?", help="the problem text; '-' reads it from stdin")
@@ -44,6 +47,12 @@ def add_parser(subparsers):
     options.add_argument("--seed", type=int, default=None, help="sampling seed")
     options.add_argument("--no-decompose", dest="decompose", action="store_false", help="solve directly, without a plan")
     options.add_argument("--no-verify", dest="verify", action="store_false", help="skip verification (plain majority vote)")
+    options.add_argument("--task", choices=("math", "countdown", "code"), default=None,
+                         help="math (an answer, planned and voted), countdown (an expression certified against the "
+                              "numbers and target the question states) or code (default: code with --code-tests, "
+                              "else math)")
+    options.add_argument("--no-feedback", dest="feedback", action="store_false",
+                         help="retry by asking again rather than showing the failed answer")
     options.add_argument("--reference", help="a known answer to verify against")
     options.add_argument("--code-tests", metavar="FILE", help="code task: a file of assert statements, one per line")
     options.add_argument("--entry-point", help="code task: the function the tests call")
@@ -76,7 +85,7 @@ def run(args) -> int:
         task["task"], task["reference"], task["tests"] = _check_arguments(
             task.get("task"), task.get("reference"), task.get("tests"), task.get("entry_point"), None, None)
         _check_problem(problem, task["task"])
-    options = {name: getattr(args, name) for name in (*DEFAULTS, "seed", "decompose", "verify")}
+    options = {name: getattr(args, name) for name in (*DEFAULTS, "seed", "decompose", "verify", "feedback")}
     common = {"checkpoints": args.checkpoints, "traces": args.traces, **options}
     if args.base_url:
         reasoner = Reasoner.from_openai(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
@@ -198,7 +207,9 @@ def _task(args) -> dict:
     if not args.code_tests:
         if args.entry_point:
             raise ReasonerError("--entry-point is for code problems: give the tests with --code-tests FILE")
-        return {"reference": args.reference}
+        return {"reference": args.reference, **({"task": args.task} if args.task else {})}
+    if args.task not in (None, "code"):
+        raise ReasonerError(f"--code-tests is for code problems, not --task {args.task}")
     path = Path(args.code_tests)
     if not path.is_file():
         raise ReasonerError(f"--code-tests {path}: file not found")
