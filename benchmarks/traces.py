@@ -1,10 +1,13 @@
-"""Listing and filtering a trace store of 10,000 traces (issue 6).
+"""Listing and filtering a trace store of 100,000 traces (issues 6 and 16), and the trace UI over HTTP.
 
-    .venv/bin/python benchmarks/traces.py            # 10,000 traces in a temporary store
+    .venv/bin/python benchmarks/traces.py            # 100,000 traces in a temporary store
     .venv/bin/python benchmarks/traces.py --n 2000 --json
 
 Builds a realistic store (70 % GRPO rollouts with ~1.5 kB of think text, 30 % pipeline runs with
-nested spans, spread over 30 days), then times each query as the best of several runs.
+nested spans, spread over 30 days), then times each query as the best of several runs, then starts
+`reasoner traces ui` (uvicorn) on it and times its list and detail endpoints over HTTP (the median of
+several requests; the list figure is the slowest of the default page, wrong answers, one run and a
+deep page). It ends with `ui_list_ms=X ui_detail_ms=Y`.
 """
 from __future__ import annotations
 
@@ -101,9 +104,59 @@ def time_cli(path: Path) -> tuple[float, int]:
     return time.perf_counter() - start, len(json.loads(done.stdout))
 
 
+def time_ui(path: Path, repeats: int = 15) -> dict:
+    """Median ms per HTTP request to the UI's list and detail endpoints, served by uvicorn in a thread."""
+    import socket
+    import statistics
+    import threading
+    import urllib.request
+
+    import uvicorn
+
+    from reasoner.traces.ui import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(path), host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+
+    def median_ms(url: str) -> tuple[float, dict]:
+        times, body = [], None
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with urllib.request.urlopen(base + url) as response:
+                body = json.loads(response.read())
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times), body
+
+    try:
+        lists = {}
+        for name, url in (("newest page", "/api/traces"), ("wrong answers", "/api/traces?correct=wrong"),
+                          ("run=run-1", "/api/traces?run=run-1"), ("train, wrong, reward<=0.5",
+                          "/api/traces?source=train&correct=wrong&max_reward=0.5"),
+                          ("page 200", "/api/traces?page=200")):
+            lists[name], body = median_ms(url)
+        rollout = median_ms("/api/traces?source=train")[1]["items"][0]["id"]
+        pipeline = median_ms("/api/traces?source=pipeline")[1]["items"][0]["id"]
+        details = {"rollout": median_ms(f"/api/traces/{rollout}")[0],
+                   "pipeline run": median_ms(f"/api/traces/{pipeline}")[0]}
+        search_ms = median_ms("/api/traces?q=Problem%204242:")[0] if repeats else 0.0
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    return {"list": lists, "detail": details, "search_ms": search_ms,
+            "ui_list_ms": max(lists.values()), "ui_detail_ms": max(details.values())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=10_000, help="traces in the store (default 10,000)")
+    parser.add_argument("--n", type=int, default=100_000, help="traces in the store (default 100,000)")
     parser.add_argument("--runs", type=int, default=5, help="repetitions per query; the best counts")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -113,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         size_mb = path.stat().st_size / 1e6
         results = run_queries(path, args.runs)
         cli_s, cli_rows = time_cli(path)
+        ui = time_ui(path)
     report = {"traces": args.n, "insert_s": insert_s, "store_mb": size_mb,
               "queries": [{"query": q, "ms": s * 1e3, "rows": r} for q, s, r in results],
-              "cli_list_json_s": cli_s, "cli_rows": cli_rows}
+              "cli_list_json_s": cli_s, "cli_rows": cli_rows, "ui": ui,
+              "ui_list_ms": ui["ui_list_ms"], "ui_detail_ms": ui["ui_detail_ms"]}
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -125,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds, rows in results:
         print(f"{name:<36}{seconds * 1e3:>10.2f}{rows:>8}")
     print(f"{'CLI: traces list --json (filtered)':<36}{cli_s * 1e3:>10.0f}{cli_rows:>8}   (incl. Python start-up)")
+    print("trace UI over HTTP (median ms per request, 50 rows a page with the total count):")
+    for name, ms in ui["list"].items():
+        print(f"  GET list, {name:<30}{ms:>8.1f}")
+    for name, ms in ui["detail"].items():
+        print(f"  GET detail, {name:<28}{ms:>8.1f}")
+    print(f"  GET list, text search (scans bodies) {ui['search_ms']:>8.1f}")
+    print(f"ui_list_ms={ui['ui_list_ms']:.1f} ui_detail_ms={ui['ui_detail_ms']:.1f}")
     return 0
 
 

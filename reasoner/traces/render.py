@@ -17,6 +17,7 @@ from reasoner.traces.views import diff_segments, final_answer, question_text, tr
 VERDICT_STYLES = {"pass": "bold green", "fail": "bold red", "error": "bold yellow", "unknown": "dim"}
 VERDICT_MARKS = {"pass": "✔", "fail": "✘", "error": "!", "unknown": "?"}
 PREVIEW_CHARS = 240
+SOURCE_SHORT = {"train": "train", "pipeline": "pipe", "eval": "eval"}
 
 
 def _shown(value):
@@ -64,12 +65,12 @@ def summary_table(summaries: Sequence[TraceSummary], total: int | None = None) -
     if shared:
         caption += " · " + " · ".join(f"{k} {printable(v or '–', False)}" for k, v in shared.items())
     table = Table(caption=caption, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
+                  collapse_padding=True, expand=True, padding=(0, 0))
     with_tokens = any(row.completion_tokens is not None for row in summaries)
     # (header, justify, min width, max width): ids and times stay whole; the question takes what is left
     columns = [("id", "left", 8, 8), ("created", "left", 11, 11)]
-    columns += [("source", "left", 5, 8)] * ("source" not in shared) + [("task", "left", 4, 12)]
-    columns += [("model", "left", 5, 16)] * ("model" not in shared) + [("ok reward", "right", 9, 9)]
+    columns += [("src", "left", 3, 5)] * ("source" not in shared) + [("task", "left", 4, 10)]
+    columns += [("model", "left", 5, 10)] * ("model" not in shared) + [("reward", "right", 6, 7)]
     columns += [("tok", "right", 3, 5)] * with_tokens + [("question", "left", 12, None)]
     for name, justify, width, most in columns:
         table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True, min_width=width, max_width=most,
@@ -77,7 +78,7 @@ def summary_table(summaries: Sequence[TraceSummary], total: int | None = None) -
     for row in summaries:
         cells = [printable(row.id[:8], False), row.created.strftime("%m-%d %H:%M")]
         if "source" not in shared:
-            cells.append(printable(row.source, False))
+            cells.append(SOURCE_SHORT.get(row.source, printable(row.source, False)))
         cells.append(printable(row.task, False))
         if "model" not in shared:
             cells.append(printable(row.model, False) if row.model else "–")
