@@ -134,12 +134,13 @@ def shape_of(config, model, dtype_bytes: int) -> Shape:
 
 def activation_bytes_per_token(s: Shape, moe: bool, scores_length: int = 0) -> float:
     """Bytes autograd keeps per token for one decoder layer of transformers' DeepseekV3, tensor by tensor (measured with
-    saved_tensors_hooks in benchmarks/plan_memory.py: within 0.3% for tiny and small, fp32 on the CPU).
+    saved_tensors_hooks in benchmarks/plan_memory.py: within 1% for tiny and small, fp32 and bf16, on the CPU).
 
     RMSNorm keeps its fp32 input, rsqrt and normalised value, and the next linear layer the weighted output;
     attention keeps q, k (after RoPE and concatenation), v and o_proj's input, plus with a fused kernel
     (flash / memory-efficient sdpa, GPUs) its output and fp32 log-sum-exp, or with the math kernel (CPU,
-    `scores_length` = sequence length) the softmax probabilities, heads x length per token; a routed token
+    `scores_length` = sequence length) the softmax probabilities, heads x length per token, with q, k, v and
+    the probabilities upcast to fp32 when the model is bf16; a routed token
     keeps its gathered input, the expert's gate/up output, activation, product, weighted output and indices."""
     b = s.dtype_bytes
     h, H = s.hidden, s.heads
@@ -151,13 +152,15 @@ def activation_bytes_per_token(s: Shape, moe: bool, scores_length: int = 0) -> f
 
     compressed = (4 * (C + R) if b == 4 else 4 * C) + 2 * b * C + 4    # kv_a output viewed, normalised, kv_b input
     queries = norm(s.q_lora_rank) if s.q_lora_rank else 0
-    attention = b * (2 * H * qk + 2 * H * s.v_dim)                     # q, k, v, o_proj input
-    attention += b * H * scores_length if scores_length else b * H * s.v_dim + 4 * H
+    if scores_length:   # CPU math kernel: keeps q, k, v and the softmax, upcast to fp32 from bf16/fp16
+        attention = 4 * (2 * H * qk + H * s.v_dim + H * scores_length) + b * H * s.v_dim
+    else:               # fused kernel: q, k, v, its output and fp32 log-sum-exp; o_proj's input
+        attention = b * (2 * H * qk + 3 * H * s.v_dim) + 4 * H
     common = 2 * norm(h) + compressed + queries + attention
     if not moe:
         return common + b * 4 * s.intermediate
     shared = s.moe_intermediate * s.n_shared
-    router = (4 * h if b != 4 else 0) + 5 * s.n_routed + 12 * s.top_k + 24 * s.n_group_or_1 + 4
+    router = (4 * h + 4 * s.n_routed if b != 4 else 0) + 5 * s.n_routed + 12 * s.top_k + 24 * s.n_group_or_1 + 4
     experts = s.top_k * (2 * h * b + 4 * s.moe_intermediate * b + 4 + 24)
     return common + router + experts + b * 4 * shared
 

@@ -99,7 +99,8 @@ def test_v3_pretraining_check_gives_the_mfu_the_report_implies(capsys):
     assert "2.664M H800 GPU-hours" in out and out.strip().splitlines()[-1].startswith("v3-pretraining: mfu=0.3")
 
 
-def test_activation_formula_matches_the_tensors_autograd_saves(tiny):
+@pytest.mark.parametrize("name,dtype", [("tiny", "float32"), ("tiny", "bfloat16"), ("small", "bfloat16")])
+def test_activation_formula_matches_the_tensors_autograd_saves(name, dtype):
     """Per token and layer, tensor by tensor: the plan's activations row against saved_tensors_hooks."""
     import torch
     from trl.trainer.utils import add_fused_lm_head
@@ -110,14 +111,14 @@ def test_activation_formula_matches_the_tensors_autograd_saves(tiny):
     from reasoner.model import load_model
     from reasoner.rl.dryrun import activation_bytes_per_token, final_bytes, shape_of
 
-    model, _ = load_model("tiny")
+    model, _ = load_model(name, dtype=getattr(torch, dtype))
     add_fused_lm_head(model)
     sequences, prompt, completion = 2, 16, 48
     ids = torch.randint(3, model.config.vocab_size, (sequences, prompt + completion))
     labels = ids.clone()
     labels[:, :prompt] = -100
     saved = saved_activation_bytes(model, ids, torch.ones_like(ids), labels)
-    s = shape_of(model.config, model, 4)
+    s = shape_of(model.config, model, 4 if dtype == "float32" else 2)
     tokens, length = sequences * (prompt + completion), prompt + completion
     planned = tokens * (s.dense_layers * activation_bytes_per_token(s, False, length)
                         + (s.layers - s.dense_layers) * activation_bytes_per_token(s, True, length))
