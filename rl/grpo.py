@@ -11,6 +11,7 @@ from reasoner.errors import ReasonerError
 from reasoner.mtp import mtp_depth, mtp_loss_on_completions
 from reasoner.rl.checkpoints import MarkCompleteCheckpoints
 from reasoner.rl.fit import fit
+from reasoner.rl.progress import reporting
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.rewards import build_rewards
 
@@ -88,8 +89,8 @@ def grpo_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> GRPOConfig:
         max_completion_length=stage.max_completion_length, temperature=stage.temperature, top_p=stage.top_p,
         loss_type=stage.loss_type, beta=stage.beta, epsilon=stage.epsilon, epsilon_high=stage.epsilon_high,
         scale_rewards=stage.scale_rewards, reward_weights=weights, mask_truncated_completions=False,
-        seed=recipe.seed, logging_steps=1, save_steps=stage.save_steps, save_total_limit=2,
-        report_to=[], use_cpu=use_cpu, bf16=False, dataloader_num_workers=0, use_vllm=stage.use_vllm,
+        seed=recipe.seed, save_steps=stage.save_steps, save_total_limit=2,
+        **reporting(stage, output_dir), use_cpu=use_cpu, bf16=False, dataloader_num_workers=0, use_vllm=stage.use_vllm,
         lr_scheduler_type="constant_with_warmup", warmup_steps=stage.warmup_steps, disable_tqdm=False, activation_checkpointing=stage.gradient_checkpointing,
     )
 
@@ -113,19 +114,36 @@ def run_grpo(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cp
     return fit(trainer, recipe.balance.gamma, output_dir, "grpo")
 
 
-def trace_sink(task: str, model: str, store_path: str | Path | None = None) -> RolloutSink:
-    """Write each generation round's rollouts to the trace store as one transaction."""
+def trace_sink(task: str, model: str, store_path: str | Path | None = None, *, metadata: dict | None = None,
+               group_size: int | None = None) -> RolloutSink:
+    """Write each generation round's rollouts to the trace store as one transaction.
+
+    metadata (the run id, output_dir, recipe, stage) goes on every rollout; each also gets its GRPO group
+    (`group`: the k = group_size consecutive rollouts of one prompt in one round) and the round's wall time
+    on its step span, so `reasoner traces ui` can show a prompt's rollouts side by side."""
+    import time
+
     from reasoner.traces import TraceStore, rollout_trace
 
     store = TraceStore.open(store_path)
+    state = {"round": 0, "since": time.time()}
 
     def sink(records: list[dict]) -> None:
-        store.add_many([
-            rollout_trace(prompt=r["prompt"], completion=r["completion"], rewards=r["rewards"], step=r["step"],
-                          advantage=r["advantage"], correct=_correct(r["rewards"]), task=task, model=model,
-                          total_reward=r["reward"], metadata={"problem_id": r["problem_id"], "gold": r["gold"]})
-            for r in records
-        ])
+        now, round_ = time.time(), state["round"]
+        traces = []
+        for i, r in enumerate(records):
+            group = i // group_size if group_size else None
+            extra = {"problem_id": r["problem_id"], "gold": r["gold"], **(metadata or {}), "index": i}
+            if group is not None:
+                extra.update(group=f"{(metadata or {}).get('run', '')}:s{r['step']}r{round_}g{group}",
+                             group_size=group_size)
+            trace = rollout_trace(prompt=r["prompt"], completion=r["completion"], rewards=r["rewards"],
+                                  step=r["step"], advantage=r["advantage"], correct=_correct(r["rewards"]),
+                                  task=task, model=model, total_reward=r["reward"], metadata=extra)
+            trace.spans[0].start, trace.spans[0].end = state["since"], now  # the generation round, timed
+            traces.append(trace)
+        store.add_many(traces)
+        state["round"], state["since"] = round_ + 1, time.time()
 
     return sink
 

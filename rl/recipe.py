@@ -65,6 +65,9 @@ class SFTStage:
     code_per_level: int = _f(500, minimum=1)
     word_levels: list[int] = _f([])                # also cold-start word problems: worked answers and plans
     word_per_level: int = _f(500, minimum=1)
+    report_to: str = _f("none")                    # TRL/transformers loggers: none, tensorboard, wandb, ... (comma-separated)
+    logging_dir: str | None = _f(None)             # TensorBoard event files; None: <output_dir>/sft/logs
+    logging_steps: int = _f(10, minimum=1)         # log (and report) every N optimizer steps
 
 
 @dataclass
@@ -97,6 +100,9 @@ class GRPOStage:
     vllm_tensor_parallel_size: int = _f(1, minimum=1)  # colocate: GPUs one vLLM engine spans
     micro_batch_size: int | None = _f(None, minimum=1)  # sequences per forward/backward (gradient accumulation)
     gradient_checkpointing: bool = _f(False)       # recompute each decoder layer in backward
+    report_to: str = _f("none")                    # TRL/transformers loggers: none, tensorboard, wandb, ... (comma-separated)
+    logging_dir: str | None = _f(None)             # TensorBoard event files; None: <output_dir>/grpo/logs
+    logging_steps: int = _f(1, minimum=1)          # log (and report) every N optimizer steps
 
 
 @dataclass
@@ -134,6 +140,7 @@ class Recipe:
     description: str = _f("")
     model: str = _f("tiny")                         # model YAML / packaged name / checkpoint dir
     output_dir: str = _f("runs/recipe")
+    traces: str | None = _f(None)                   # trace store for GRPO rollouts; None: <output_dir>/traces.db
     seed: int = _f(0)
     threads: int | None = _f(None, minimum=1)       # torch CPU threads; None: torch's default
     task: TaskConfig = field(default_factory=TaskConfig)

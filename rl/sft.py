@@ -8,6 +8,7 @@ from trl import SFTConfig, SFTTrainer
 from reasoner.mtp import attach_mtp, mtp_depth, mtp_loss
 from reasoner.rl.checkpoints import MarkCompleteCheckpoints
 from reasoner.rl.fit import fit
+from reasoner.rl.progress import reporting
 from reasoner.rl.recipe import Recipe
 
 
@@ -40,8 +41,8 @@ def sft_config(recipe: Recipe, output_dir: Path, use_cpu: bool) -> SFTConfig:
     return SFTConfig(
         output_dir=str(output_dir), max_steps=stage.max_steps, per_device_train_batch_size=stage.batch_size,
         learning_rate=stage.learning_rate, lr_scheduler_type="cosine", warmup_steps=stage.warmup_steps,
-        max_length=stage.max_length, seed=recipe.seed, logging_steps=10, save_steps=max(1, stage.max_steps // 4),
-        save_total_limit=2, report_to=[], use_cpu=use_cpu, bf16=False, dataloader_num_workers=0,
+        max_length=stage.max_length, seed=recipe.seed, save_steps=max(1, stage.max_steps // 4),
+        save_total_limit=2, **reporting(stage, output_dir), use_cpu=use_cpu, bf16=False, dataloader_num_workers=0,
         completion_only_loss=True, disable_tqdm=False,
         activation_checkpointing=False,
     )

@@ -3,11 +3,17 @@
 Layout of a run directory:
     sft/checkpoint-N/   Trainer checkpoints (resume points)     sft/final/   the cold-start model
     grpo/checkpoint-N/                                          grpo/final/  the RL model
-    */training.png      reward, accuracy, length and MaxVio over steps
+    */training.png      loss and token accuracy (SFT); reward parts, accuracy, length, KL and MaxVio (GRPO)
+    */logs/             TensorBoard event files, with report_to: tensorboard
+    run.json            this run's id (every `reasoner train` gets one), recipe and stages
+    traces.db           GRPO rollouts, tagged with the run id (unless recipe.traces or $REASONER_HOME names a store)
 """
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -46,9 +52,50 @@ def heldout_problems(recipe: Recipe, level: int | None = None, n: int | None = N
     return task.problems(split, n or recipe.task.n_eval, level=level or recipe.task.eval_level, seed=recipe.seed)
 
 
+def start_run(recipe: Recipe, log=print) -> str:
+    """A new run id for this `reasoner train`, recorded in <output_dir>/run.json (earlier ids of the same
+    output_dir, e.g. interrupted and resumed, are kept there too). Rollouts carry it as metadata `run`."""
+    out = Path(recipe.output_dir)
+    run_id = f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    path = out / "run.json"
+    previous = []
+    try:
+        previous = json.loads(path.read_text()).get("previous_runs", [])
+        previous.append(json.loads(path.read_text())["run"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run": run_id, "recipe": recipe.name, "output_dir": str(out),
+                                "traces": str(traces_store(recipe)), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "previous_runs": previous}, indent=1))
+    log(f"run {run_id}: rollouts go to {traces_store(recipe)} "
+        f"(reasoner traces --store {traces_store(recipe)} ui, or list --run {run_id})")
+    return run_id
+
+
+def current_run(recipe: Recipe) -> str:
+    try:
+        return json.loads((Path(recipe.output_dir) / "run.json").read_text())["run"]
+    except (OSError, ValueError, KeyError):
+        return start_run(recipe, log=lambda _: None)
+
+
+def traces_store(recipe: Recipe) -> Path:
+    """Where a run's rollouts go: recipe.traces if given, else $REASONER_HOME/traces.db if set, else the run's
+    own <output_dir>/traces.db (two runs never mix their rollouts in one global store)."""
+    from reasoner.traces.store import default_store_path, resolve_store_path
+
+    if recipe.traces:
+        return resolve_store_path(recipe.traces)
+    if os.environ.get("REASONER_HOME"):
+        return default_store_path()
+    return Path(recipe.output_dir) / "traces.db"
+
+
 def train(recipe: Recipe, log=print) -> TrainResult:
     _prepare(recipe)
     out = Path(recipe.output_dir)
+    start_run(recipe, log)
     result = TrainResult()
     start = recipe.model
     if recipe.sft.enabled:
@@ -108,10 +155,55 @@ def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe
             if plot:
                 result.plots[stage] = plot
                 (final / "training.png").write_bytes(plot.read_bytes())
+            (out / stage / "README.md").write_text(model_card(recipe, stage, kind or stage, start))  # TRL's: "[None]"
             log(f"[{stage}] saved {final}")
         trainer.accelerator.wait_for_everyone()
     result.checkpoints[stage] = final
     return final
+
+
+def dataset_description(recipe: Recipe, kind: str) -> str:
+    data = recipe.task.train_data
+    real = [f"{name} train ({path})" for name, path in (("GSM8K", data.gsm8k), ("MATH", data.math)) if path]
+    if real and kind == "grpo":
+        return ", ".join(real)
+    levels = recipe.grpo.levels if kind in ("grpo", "sft_equal") else recipe.task.train_levels
+    text = f"generated `{recipe.task.name}` problems, levels {', '.join(map(str, levels))}"
+    if kind == "sft":
+        extra = [f"{name} levels {', '.join(map(str, lv))}" for name, lv in (
+            ("plans", recipe.sft.plan_levels), ("code", recipe.sft.code_levels), ("word", recipe.sft.word_levels)) if lv]
+        text += " with worked `<think>` traces" + (f" (plus {'; '.join(extra)})" if extra else "")
+    return text + f" (seed {recipe.seed})"
+
+
+def model_card(recipe: Recipe, stage: str, kind: str, start) -> str:
+    """The stage's README.md: what TRL writes names no base model for a local one ("fine-tuned version of [None]")."""
+    import trl
+
+    method = {"grpo": "GRPO (R1-style RL with rule-based rewards: " + ", ".join(recipe.grpo.rewards) + ")",
+              "sft": "supervised fine-tuning (cold start)", "sft_equal": "supervised fine-tuning (equal-compute baseline)"}
+    run_id = current_run(recipe)
+    return f"""---
+library_name: transformers
+tags: [reasoner, trl, {kind}]
+---
+# {recipe.name} / {stage}
+
+A fine-tuned version of `{start}` (base model), trained with {method.get(kind, kind)} by
+[TRL](https://github.com/huggingface/trl) {trl.__version__} through `reasoner train`.
+
+| | |
+|---|---|
+| base model | `{start}` |
+| recipe | `{recipe.name}` (output_dir `{recipe.output_dir}`) |
+| run id | `{run_id}` |
+| stage | {stage} |
+| dataset | {dataset_description(recipe, kind)} |
+| steps | {(recipe.grpo if kind == "grpo" else recipe.sft).max_steps} |
+
+The checkpoint is in `final/`; `training.png` plots the run, `log_history.json` holds every logged value,
+and the rollouts are in the trace store (`reasoner traces --store {traces_store(recipe)} ui`, run `{run_id}`).
+"""
 
 
 def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
@@ -140,5 +232,8 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
     from reasoner.rl.grpo import run_grpo, trace_sink
 
     problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)
+    sink = trace_sink(task=recipe.task.name, model=f"{recipe.name}/grpo", store_path=traces_store(recipe),
+                      metadata={"run": current_run(recipe), "output_dir": str(Path(recipe.output_dir)),
+                                "recipe": recipe.name, "stage": "grpo"}, group_size=recipe.grpo.num_generations)
     return run_grpo(recipe, model, tokenizer, grpo_dataset(problems, tokenizer, style), output_dir, use_cpu,
-                    rollout_sink=trace_sink(task=recipe.task.name, model=f"{recipe.name}/grpo"))
+                    rollout_sink=sink)
