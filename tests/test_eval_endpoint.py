@@ -283,3 +283,26 @@ def test_killed_run_resumes_where_it_stopped(stub, tmp_path, capsys):
     assert main(argv) == 0
     assert "3 resumed" in capsys.readouterr().out and len(stub.questions) == 3
     assert [r["id"] for r in rows(output)] == [p.id for p in problems()] and done == [p.id for p in problems()[:3]]
+
+
+@pytest.mark.parametrize("style", ["plain", "r1"])
+def test_the_messages_render_to_the_local_prompt(tiny, style):
+    from reasoner.evaluation.endpoint import prompt_messages
+    from reasoner.rl.data import render_prompt
+
+    _, tokenizer = tiny
+    question = "Natalia sold 48 clips in April and half as many in May. How many in all?"
+    messages = prompt_messages(question, style)
+    assert [m["role"] for m in messages] == (["system", "user"] if style == "r1" else ["user"])
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == \
+        render_prompt(question, tokenizer, style)
+
+
+def test_a_larger_n_asks_only_for_the_new_problems(stub, tmp_path, capsys):
+    output = tmp_path / "r.jsonl"
+    argv = ["eval", "--base-url", stub.base_url, "--task", "arithmetic", "--output", str(output)]
+    assert main([*argv, "--n", "6"]) == 0
+    stub.questions.clear()
+    assert main([*argv, "--n", "9"]) == 0
+    assert "6 resumed" in capsys.readouterr().out and len(stub.questions) == 3
+    assert [r["id"] for r in rows(output)] == [p.id for p in problems(9)]
