@@ -268,7 +268,7 @@ def test_killed_run_resumes_where_it_stopped(stub, tmp_path, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "reasoner", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             if output.exists() and len(output.read_text().splitlines()) == 3 and stub.count > 3:
                 break
