@@ -54,6 +54,10 @@ GROUP_EXPR = "json_extract(metadata, '$.group')"
 _META_INDEXES = {
     "traces_run": f"CREATE INDEX IF NOT EXISTS traces_run ON traces({RUN_EXPR}, created)",
     "traces_group": f"CREATE INDEX IF NOT EXISTS traces_group ON traces({GROUP_EXPR})",
+    # Every summary filter in one narrow index: counting matches of several filters at once (the UI's
+    # "wrong answers of run X with reward <= 0.5") scans this instead of looking up each row's 4 kB body.
+    "traces_filters": "CREATE INDEX IF NOT EXISTS traces_filters ON traces(source, correct, task, model, reward, "
+                      f"created, {RUN_EXPR})",
 }
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COLUMNS = ("id", "source", "task", "model", "created", "correct", "reward", "completion_tokens",
@@ -111,6 +115,13 @@ class TraceFilter:
     descending: bool = True
     limit: int | None = None
     offset: int = 0
+
+    def coverable(self) -> int:
+        """How many filters are set, when all of them are columns of the traces_filters index (else 0)."""
+        if self.ids or self.text or any(not _SIMPLE_KEY.match(key) or key != "run" for key in self.metadata):
+            return 0
+        return sum(value is not None for value in (self.source, self.task, self.model, self.correct, self.min_reward,
+                                                   self.max_reward, self.since, self.until, self.run)) + len(self.metadata)
 
     def where(self) -> tuple[str, list]:
         clauses, params = [], []
@@ -440,8 +451,17 @@ class TraceStore:
             raise TraceStoreError(f"{self.path} is corrupt: unreadable summary columns ({err})") from None
 
     def count(self, filter: TraceFilter | None = None, **filters: Any) -> int:
-        where, params = TraceFilter.of(filter, **filters).where()
-        return self._fetch(f"SELECT count(*) FROM traces{where}", params)[0][0]
+        trace_filter = TraceFilter.of(filter, **filters)
+        where, params = trace_filter.where()
+        # One filter: its own index answers. Several: SQLite (no statistics) would pick one of their indexes and
+        # read every matching row; the narrow all-filters index is scanned instead (tens of ms at 100,000).
+        hint = " INDEXED BY traces_filters" if trace_filter.coverable() >= 2 and self._has_index("traces_filters") else ""
+        return self._fetch(f"SELECT count(*) FROM traces{hint}{where}", params)[0][0]
+
+    def _has_index(self, name: str) -> bool:
+        if not hasattr(self, "_indexes"):
+            self._indexes = {row[0] for row in self._fetch("SELECT name FROM sqlite_master WHERE type = 'index'", [])}
+        return name in self._indexes
 
     def _select(self, columns: str, trace_filter: TraceFilter) -> list[tuple]:
         where, params = trace_filter.where()
