@@ -192,7 +192,7 @@ def test_tree_renders_in_chromium(chromium, exported, tmp_path):
     verdicts = dom.find_all("span", class_="verdict")
     assert [v.all_text() for v in verdicts] == ["pass"] and "pass" in verdicts[0].classes()
     think = dom.find_all("details", class_="think")
-    assert think and all("open" not in node.attrs for node in think), "think text must start folded"
+    assert think and all("open" in node.attrs for node in think), "think text starts unfolded: it is what users came for"
     previews = [n.all_text() for n in dom.find_all("span", class_="preview")]
     assert any(MARKUP in text for text in previews) and not dom.find_all("b"), "trace text must stay text"
     dots = [n for n in dom.find_all("circle") if "dot" in n.classes()]
