@@ -146,11 +146,13 @@ def time_ui(path: Path, repeats: int = 15) -> dict:
         pipeline = median_ms("/api/traces?source=pipeline")[1]["items"][0]["id"]
         details = {"rollout": median_ms(f"/api/traces/{rollout}")[0],
                    "pipeline run": median_ms(f"/api/traces/{pipeline}")[0]}
+        others = {"facets (filter menus, once a page load)": median_ms("/api/facets")[0],
+                  "same problem elsewhere (detail view)": median_ms(f"/api/traces/{rollout}/same-problem")[0]}
         search_ms = median_ms("/api/traces?q=Problem%204242:")[0] if repeats else 0.0
     finally:
         server.should_exit = True
         thread.join(10)
-    return {"list": lists, "detail": details, "search_ms": search_ms,
+    return {"list": lists, "detail": details, "others": others, "search_ms": search_ms,
             "ui_list_ms": max(lists.values()), "ui_detail_ms": max(details.values())}
 
 
@@ -194,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  GET list, {name:<30}{ms:>8.1f}")
     for name, ms in ui["detail"].items():
         print(f"  GET detail, {name:<28}{ms:>8.1f}")
-    print(f"  GET list, text search (scans bodies) {ui['search_ms']:>8.1f}")
+    for name, ms in ui["others"].items():
+        print(f"  GET {name:<42}{ms:>8.1f}")
+    print(f"  GET {'list, text search (scans every body)':<42}{ui['search_ms']:>8.1f}")
     print(f"ui_list_ms={ui['ui_list_ms']:.1f} ui_detail_ms={ui['ui_detail_ms']:.1f}")
     return 0
 
