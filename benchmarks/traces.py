@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'CLI: traces list --json (filtered)':<36}{cli_s * 1e3:>10.0f}{cli_rows:>8}   (incl. Python start-up)")
     print("trace UI over HTTP (median ms per request, 50 rows a page with the total count):")
     for name, ms in ui["list"].items():
-        print(f"  GET list, {name:<30}{ms:>8.1f}")
+        print(f"  GET list, {name:<36}{ms:>8.1f}")
     for name, ms in ui["detail"].items():
-        print(f"  GET detail, {name:<28}{ms:>8.1f}")
+        print(f"  GET detail, {name:<34}{ms:>8.1f}")
     for name, ms in ui["others"].items():
         print(f"  GET {name:<42}{ms:>8.1f}")
     print(f"  GET {'list, text search (scans every body)':<42}{ui['search_ms']:>8.1f}")
