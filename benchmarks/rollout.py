@@ -187,12 +187,12 @@ def kv_bytes(dtype_bytes: int = 2) -> list[str]:
 
 
 MTP_CHECKPOINT = Path("runs/bench-mtp/sft/final")
-MTP_OVERRIDES = ["mtp.weight=0.3", "grpo.enabled=false", "sft.max_steps=250",
+MTP_OVERRIDES = ["mtp.weight=0.3", "grpo.enabled=false", "sft.max_steps=150",
                  "output_dir=runs/bench-mtp"]
 
 
 def mtp_checkpoint(path: Path) -> Path:
-    """A tiny checkpoint whose MTP was trained: the demo recipe's SFT with mtp.weight=0.3, 250 steps (about 10
+    """A tiny checkpoint whose MTP was trained: the demo recipe's SFT with mtp.weight=0.3, 150 steps (about 10
     minutes on 2 cores), cached under runs/ (`reasoner train demo --set ...` with MTP_OVERRIDES does the same)."""
     from reasoner.model import is_checkpoint
     from reasoner.rl.recipe import Recipe
@@ -205,16 +205,21 @@ def mtp_checkpoint(path: Path) -> Path:
 
 
 def bench_speculative(checkpoint: Path, batch: int, new_tokens: int, repeats: int, temperature: float):
-    """Interleaved (speculative, plain) runs of one engine on held-out arithmetic prompts, EOS honoured.
+    """Interleaved (speculative, plain) runs of one engine on held-out prompts of the task the checkpoint was
+    trained on (its reasoner.json recipe; arithmetic if none), EOS honoured.
 
     Greedy, both produce the same tokens (tested), so the tok/s ratio is a like-for-like ratio; sampled, each
     side's own token count is used."""
     from reasoner.rl.data import render_prompt
     from reasoner.tasks import get_task
 
+    from reasoner.model import read_run_metadata
+
     model, tokenizer = load_model(mtp_checkpoint(checkpoint))
     model.eval()
-    problems = get_task("arithmetic").problems("heldout", batch, level=3, seed=0)
+    task = read_run_metadata(checkpoint).get("recipe", {}).get("task", {})
+    problems = get_task(task.get("name", "arithmetic")).problems("heldout", batch, level=task.get("eval_level") or 3,
+                                                                 seed=0)
     prompts = [tokenizer(render_prompt(p.question, tokenizer), add_special_tokens=False).input_ids for p in problems]
     engine = RolloutEngine(model, tokenizer, max_batch_size=max(64, batch))
 
