@@ -1,4 +1,4 @@
-"""`reasoner traces`: list, show, diff, export and import reasoning traces.
+"""`reasoner traces`: list, show, diff, export, import and browse (ui) reasoning traces.
 
 Heavy imports (sqlite store, rich, jsonschema) happen inside the handlers so `reasoner --help` stays fast.
 """
