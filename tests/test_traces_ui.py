@@ -182,6 +182,14 @@ def test_ui_in_chromium(ui_server):
         driver.get(url + "#/?run=r-ui")
         wait.until(lambda d: "8 traces match" in d.find_element(By.ID, "count").text)
         driver.save_screenshot(str(_screenshot_dir() / "traces-ui-list.png"))
+        # any two traces: tick them, compare
+        boxes = driver.find_elements(By.CSS_SELECTOR, "input.pick")
+        button = driver.find_element(By.ID, "compare-picked")
+        boxes[0].click()
+        assert not button.is_enabled() and driver.find_elements(By.ID, "trace-list")  # ticking does not open
+        boxes[3].click()
+        button.click()
+        wait.until(seen.presence_of_element_located((By.ID, "compare")))
     finally:
         driver.quit()
     for name in ("list", "detail", "group", "compare"):
