@@ -36,7 +36,7 @@ PIPELINE_TASKS = {
 }
 EQUAL_COMPUTE_LR_FACTORS = (1.0, 10.0)  # the SFT arm's two learning rates: GRPO's and ten times it
 BALANCE_PROBE_STEPS = 60  # short SFT runs from fresh weights; MaxVio read over their last 20%
-API_EXAMPLE = "Using the numbers [3, 5, 8], make 23. Use + - * / and each number exactly once."
+API_EXAMPLE = "Using the numbers [3, 5, 8], make 23."
 
 
 def run_demo(overrides: list[str] = (), console: Console | None = None, quick: bool = False) -> dict:
@@ -66,13 +66,13 @@ def run_demo(overrides: list[str] = (), console: Console | None = None, quick: b
         summary["pipeline_tasks"] = {task: future.result() for task, future in comparisons.items()}
 
     console.rule("[bold]4. the Python API")
-    summary["api_example"] = api_example(checkpoints["grpo"], console)
+    summary["api_example"] = api_example(checkpoints["grpo"], out / "traces.db", console)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     write_summary(summary, out / "summary.json")
     console.print(eval_table(summary))
     console.print(pipeline_table(summary["pipeline_tasks"]))
     console.print(f"summary: {out / 'summary.json'}   plots: {out}/*/training.png   "
-                  f"traces: reasoner traces list --source pipeline")
+                  f"traces: reasoner traces --store {out} ui")
     return summary
 
 
@@ -157,7 +157,8 @@ def _compare(recipe: Recipe, checkpoint: Path, task_name: str, spec: tuple) -> d
     problems = get_task(task_name).problems("heldout", n, level=level, seed=recipe.seed)
     started = time.perf_counter()
     result = compare_task(LocalBackend.from_pretrained(checkpoint), problems, settings,
-                          workdir=cached.parent / task_name, seed=recipe.seed, label=task_name)
+                          workdir=cached.parent / task_name, traces=Path(recipe.output_dir) / "traces.db",
+                          seed=recipe.seed, label=task_name)
     result.update(level=level, seconds=round(time.perf_counter() - started, 1))
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result, indent=2))
@@ -170,12 +171,12 @@ def _compare(recipe: Recipe, checkpoint: Path, task_name: str, spec: tuple) -> d
 # ---------------------------------------------------------------- reporting
 
 
-def api_example(checkpoint: Path, console: Console) -> dict:
+def api_example(checkpoint: Path, traces: Path, console: Console) -> dict:
     from reasoner import Reasoner
 
     console.print(f">>> Reasoner.from_pretrained({str(checkpoint)!r}).solve({API_EXAMPLE!r}, task='countdown')")
-    solution = Reasoner.from_pretrained(checkpoint).solve(API_EXAMPLE, task="countdown", samples=8, retries=3,
-                                                          temperature=1.0, seed=0)
+    solution = Reasoner.from_pretrained(checkpoint, traces=traces).solve(API_EXAMPLE, task="countdown", samples=8,
+                                                                         retries=3, temperature=1.0, seed=0)
     console.print(repr(solution))
     return {"problem": API_EXAMPLE, "answer": solution.answer, "status": solution.status,
             "trace_id": solution.trace_id}

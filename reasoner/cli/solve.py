@@ -27,7 +27,7 @@ def add_parser(subparsers):
                     "after Ctrl-C, --resume RUN_ID continues it.",
         epilog="examples:\n"
                "  reasoner solve --model runs/demo/grpo/final --task countdown \\\n"
-               "      'Using the numbers [3, 5, 8], make 23. Use + - * / and each number exactly once.'\n"
+               "      'Using the numbers [3, 5, 8], make 23.'\n"
                "  reasoner solve --model runs/demo/grpo/final 'Ana has 7 pens. She buys 5. She doubles them. How many now?'\n"
                "  reasoner solve --base-url http://127.0.0.1:8000/v1 --model tiny --samples 8 'Ben has 3 cups. ...'\n"
                "  reasoner solve --model ckpt --resume 3f2a...\n\n" + EXIT_CODES_HELP,

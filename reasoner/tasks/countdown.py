@@ -75,8 +75,7 @@ def random_solution(rng: random.Random, numbers: list[int]) -> tuple[Node, list[
 def make_problem(numbers: list[int], solution: Node, steps: list[str], failed: list[str] | None,
                  level: int) -> Problem:
     shown = sorted(numbers)
-    question = (f"Using the numbers {shown}, make {solution.value}. "
-                "Use + - * / and each number exactly once.")
+    question = f"Using the numbers {shown}, make {solution.value}."  # with + - * /, each number once
     attempts = ([", ".join(failed) + " no"] if failed else []) + [", ".join(steps) + f" yes: {solution.text}"]
     return Problem(id=f"countdown-{'-'.join(map(str, shown))}-{solution.value}", question=question,
                    answer=solution.text, task="countdown", level=level, trace="\n".join(attempts),
