@@ -43,7 +43,10 @@ def make_prompts(tokenizer, batch: int, seed: int = 0) -> list[list[int]]:
 
 def sampling_config(model, new_tokens: int):
     gc = copy.deepcopy(model.generation_config)
-    gc.eos_token_id = None  # every method runs the full new_tokens
+    # Every method runs the full new_tokens. None is not enough: generate fills unset fields from the model's
+    # generation_config, so it stopped rows at EOS and ended runs early by a varying amount (part of the run-to-run
+    # spread of the ratio). An id outside the vocabulary is never sampled.
+    gc.eos_token_id = model.config.vocab_size
     gc.do_sample, gc.temperature, gc.top_p, gc.top_k = True, 1.0, 1.0, 0
     gc.max_new_tokens = new_tokens
     return gc
