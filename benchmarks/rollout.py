@@ -7,9 +7,9 @@
 
 Same random-init checkpoint, same prompts (random lengths 16..48), sampling at temperature 1 with EOS ignored
 so every method produces exactly batch x new_tokens tokens. Runs of ours and of the baseline are interleaved
-(ours, generate, ours, generate, ...) so a shared, noisy machine slows both alike; tok/s are medians, and the
-speedups are medians of per-pair ratios, in wall time and in process CPU time (the headline
-`speedup_vs_generate`, see the note at the end of main).
+(ours, generate, ours, generate, ...) so a shared, noisy machine slows both alike; tok/s are medians, the table's
+speedups are medians of per-pair ratios, in wall time and in process CPU time, and the headline
+`speedup_vs_generate` is the ratio of each side's fastest CPU-time run (see the note at the end of main).
 Also prints KV-cache bytes per token, analytic for the DeepSeek-V3 shape and measured on the small config.
 """
 from __future__ import annotations
