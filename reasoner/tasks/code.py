@@ -78,7 +78,7 @@ def make_spec(rng: random.Random, level: int) -> Spec:
     if level == 1:
         formula = formulas(rng)
         return Spec(f"Write a Python function f(x) that returns {formula.words}.", formula.code, "x", formula.fn,
-                    f"return the formula {formula.code}")
+                    "a formula of x")  # the formula is in the question: a trace that copies it twice only adds errors
     cond = condition(rng)
     mapped = mapping(rng) if level == 3 else Part("x", "x", lambda x: x)
     names = ("sum", "max", "min") if level == 3 else tuple(AGGREGATES)  # counting mapped items = counting items
