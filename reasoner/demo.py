@@ -37,7 +37,7 @@ PIPELINE_TASKS = {  # longest first: the two worker processes take them in this 
 }
 EQUAL_COMPUTE_LR_FACTORS = (1.0, 10.0)  # the SFT arm's two learning rates: GRPO's and ten times it
 BALANCE_PROBE_STEPS = 60  # short SFT runs from fresh weights; MaxVio read over their last 20%
-API_EXAMPLE = "Using the numbers [3, 5, 8], make 23."
+API_EXAMPLE = "Using the numbers [2, 3, 4], make 9."
 
 
 def run_demo(overrides: list[str] = (), console: Console | None = None, quick: bool = False) -> dict:
@@ -178,8 +178,9 @@ def _compare(recipe: Recipe, checkpoint: Path, task_name: str, spec: tuple) -> d
 def api_example(checkpoint: Path, traces: Path, console: Console) -> dict:
     from reasoner import Reasoner
 
-    console.print(f">>> Reasoner.from_pretrained({str(checkpoint)!r}).solve({API_EXAMPLE!r}, task='countdown')")
-    solution = Reasoner.from_pretrained(checkpoint, traces=traces).solve(API_EXAMPLE, task="countdown", samples=8,
+    console.print(f">>> Reasoner.from_pretrained({str(checkpoint)!r}).solve({API_EXAMPLE!r}, task='countdown', "
+                  "samples=16, retries=3, temperature=1.0, seed=0)")
+    solution = Reasoner.from_pretrained(checkpoint, traces=traces).solve(API_EXAMPLE, task="countdown", samples=16,
                                                                          retries=3, temperature=1.0, seed=0)
     console.print(repr(solution))
     return {"problem": API_EXAMPLE, "answer": solution.answer, "status": solution.status,

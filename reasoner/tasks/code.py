@@ -29,7 +29,7 @@ class Part:
 
 
 def formulas(rng: random.Random) -> Part:
-    a, b = rng.randint(2, 9), rng.randint(1, 20)
+    a, b = rng.randint(2, 9), rng.randint(1, 40)  # ~1,600 distinct formulas: 100+ held out
     code = rng.choice([f"x*{a}+{b}", f"x*{a}-{b}", f"(x+{b})*{a}", f"x*x+{b}", f"x//{a}+{b}", f"x%{a}*{b}"])
     fn = {f"x*{a}+{b}": lambda x: x * a + b, f"x*{a}-{b}": lambda x: x * a - b,
           f"(x+{b})*{a}": lambda x: (x + b) * a, f"x*x+{b}": lambda x: x * x + b,

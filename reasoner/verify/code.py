@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Sequence
 
 from reasoner.verify.answers import _last_answer_tag, _strip_thinking
-from reasoner.verify.plain import ENCODER_SOURCE, decode
+from reasoner.verify.plain import DECODER_SOURCE, ENCODER_SOURCE, decode
 from reasoner.verify.sandbox import ExecResult, run_many
 
 _PYTHON_TAGS = {"python", "py", "python3"}
@@ -352,7 +352,7 @@ def _job(completion: str, tests: str | Sequence[str], entry_point: str | None) -
         aliases.add(("candidate", entry_point))
     token = secrets.token_hex(8)
     program = code + _HARNESS.format(encoder=ENCODER_SOURCE, holes=holes, token=token, aliases=sorted(aliases))
-    judge = _JUDGE.format(encoder=ENCODER_SOURCE, decoder=_DECODER_SOURCE, tests=judged) if judged else None
+    judge = _JUDGE.format(encoder=ENCODER_SOURCE, decoder=DECODER_SOURCE, tests=judged) if judged else None
     return _Job(program, judge, token, plans, holes)
 
 
@@ -737,39 +737,4 @@ def _guard_size(op: ast.operator, left, right) -> None:
                 raise ValueError("repetition too large")
 
 
-# The judge decodes the program's replies with the same literal grammar as this process.
-_DECODER_SOURCE = '''
-_SCALARS = (int, float, complex, str, bytes, bool, type(None))
 
-
-def _plain(node):
-    if isinstance(node, ast.Constant) and type(node.value) in _SCALARS:
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        operand = _plain(node.operand)
-        if type(operand) not in (int, float, complex):
-            raise ValueError("sign")
-        return -operand if isinstance(node.op, ast.USub) else operand
-    if isinstance(node, ast.List):
-        return [_plain(item) for item in node.elts]
-    if isinstance(node, ast.Tuple):
-        return tuple(_plain(item) for item in node.elts)
-    if isinstance(node, ast.Set):
-        return {_plain(item) for item in node.elts}
-    if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_plain(key): _plain(value) for key, value in zip(node.keys, node.values)}
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
-        name, args = node.func.id, node.args
-        if name == "float" and len(args) == 1 and isinstance(args[0], ast.Constant) and type(args[0].value) is str:
-            return float(args[0].value)
-        if name in ("set", "frozenset") and len(args) <= 1:
-            items = _plain(args[0]) if args else ()
-            return set(items) if name == "set" else frozenset(items)
-        if name == "complex" and len(args) == 2:
-            return complex(_plain(args[0]), _plain(args[1]))
-    raise ValueError("not plain data")
-
-
-def decode(text):
-    return _plain(ast.parse(text.strip(), mode="eval").body)
-'''

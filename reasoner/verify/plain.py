@@ -105,3 +105,10 @@ def _plain(node: ast.AST):
             return complex(real, imag)
     raise ValueError(f"not plain data: {type(node).__name__}")
 
+
+
+# The judge (a separate process in the sandbox, with no access to this package) decodes the program's replies
+# with this same grammar: its source is pasted there, as `encode`'s is into the harness.
+DECODER_SOURCE = (f"import ast\n_SCALARS = (int, float, complex, str, bytes, bool, type(None))\n"
+                  f"_SPECIAL_FLOATS = {sorted(_SPECIAL_FLOATS)!r}\n\n" + inspect.getsource(decode) + "\n\n"
+                  + inspect.getsource(_plain))
