@@ -37,7 +37,7 @@ PIPELINE_TASKS = {  # longest first: the two worker processes take them in this 
 }
 EQUAL_COMPUTE_LR_FACTORS = (1.0, 10.0)  # the SFT arm's two learning rates: GRPO's and ten times it
 BALANCE_PROBE_STEPS = 60  # short SFT runs from fresh weights; MaxVio read over their last 20%
-API_EXAMPLE = "Using the numbers [2, 3, 4], make 9."
+API_EXAMPLE = "Using the numbers [2, 2, 6], make 10."
 
 
 def run_demo(overrides: list[str] = (), console: Console | None = None, quick: bool = False) -> dict:
@@ -127,10 +127,10 @@ def _evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path]) -> dict:
     from reasoner.rl.train import heldout_problems
 
     def accuracy(path: Path, split: str, n: int) -> dict:
-        problems = heldout_problems(recipe, n=n, split=split)
+        problems = heldout_problems(recipe, n=n, split=split)  # fewer than n when the split has fewer
         metric = evaluate_checkpoint(path, problems, max_new_tokens=recipe.eval.max_new_tokens,
                                      prompt_style=recipe.task.prompt_style)["pass@1"]
-        return metric.to_dict()
+        return {**metric.to_dict(), "n": len(problems)}
 
     arms = {name: path for name, path in checkpoints.items() if name.startswith("sft-equal")}
     validation = {name: accuracy(path, "validation", min(200, recipe.task.n_eval))["value"] for name, path in arms.items()}
@@ -138,7 +138,7 @@ def _evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path]) -> dict:
     test = {name: accuracy(checkpoints[name], "heldout", recipe.task.n_eval) for name in ("sft", "grpo", best)}
     return {"sft_accuracy": test["sft"]["value"], "grpo_accuracy": test["grpo"]["value"],
             "sft_equal_compute_accuracy": test[best]["value"], "sft_equal_compute_arm": best,
-            "sft_equal_compute_validation": validation, "n_eval": recipe.task.n_eval,
+            "sft_equal_compute_validation": validation, "n_eval": test["grpo"]["n"],
             "eval_ci95": {"sft": test["sft"]["ci95"], "grpo": test["grpo"]["ci95"], "sft_equal_compute": test[best]["ci95"]}}
 
 
