@@ -26,3 +26,14 @@ def tiny_checkpoint(tmp_path_factory, tiny):
 
     model, tokenizer = tiny
     return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "tiny", {"purpose": "tests"})
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small ops: one thread is fastest here and does not fight other jobs for the 2 cores (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

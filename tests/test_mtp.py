@@ -13,12 +13,7 @@ from reasoner.mtp import attach_mtp, mtp_depth, mtp_hidden_states, mtp_layers, m
 from reasoner.params import count_parameters
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

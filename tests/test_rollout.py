@@ -12,13 +12,7 @@ from reasoner.rollout import RolloutEngine, SamplingParams
 from reasoner.rollout.hooks import generate_grouped
 from reasoner.rollout.sampling import process_logits, sample
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small ops: one thread is fastest here and does not fight other jobs for the 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
