@@ -258,7 +258,8 @@ def test_expected_values_never_reach_the_program():
     for tests in (STYLES["asserts"], STYLES["parsed check"], ["assert f([1, 2]) == 987654321"]):
         job = _job(f"```python\n{RIGHT}```", tests, "f")
         assert job.judge is None
-        assert "987654321" not in job.program and "== 11" not in job.program and "17" not in job.program
+        program = job.program.replace(job.token, "")  # the random pass token may contain any digits, "17" too
+        assert "987654321" not in program and "== 11" not in program and "17" not in program
 
 
 # ---------------------------------------------------------------- plain data
