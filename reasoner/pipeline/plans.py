@@ -49,7 +49,7 @@ def references(question: str) -> list[int]:
 def parse_plan(text: str, first_id: int = 1, previous: int | None = None) -> list[Step]:
     """The steps of a planner completion, or PlanError saying what is wrong with it.
 
-    A sub-plan (the planner asked again about one step, see `expand`) is numbered from `first_id`, and its
+    A sub-plan (a plan for one step of a larger plan) is numbered from `first_id`, and its
     first step's `{}` is `previous`, the step before the one it replaces.
     """
     body = _json_part(text)
@@ -169,7 +169,7 @@ def plan_messages(problem: str) -> list[dict]:
 
 def arithmetic_plan_examples(problems) -> list[tuple[list[dict], str]]:
     """(planner prompt messages, target text) for SFT, one per distinct planner call that solving
-    `problems` makes (see `expand`); problems are Problems or expression strings."""
+    `problems` makes; problems are Problems or expression strings."""
     targets: dict[str, str] = {}
     for problem in problems:
         question = getattr(problem, "question", problem)
