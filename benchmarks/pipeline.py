@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from reasoner.evaluation.compare import PipelineSettings, compare_task
-    from reasoner.pipeline.backends import LocalBackend
+    from reasoner.serving.backends import LocalBackend
     from reasoner.tasks import get_task
 
     backend = LocalBackend.from_pretrained(args.model)

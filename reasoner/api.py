@@ -83,7 +83,7 @@ class Reasoner:
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "Reasoner":
         """A local checkpoint directory (save_pretrained layout)."""
         from reasoner.model import is_checkpoint
-        from reasoner.pipeline.backends import LocalBackend
+        from reasoner.serving.backends import LocalBackend
 
         if not is_checkpoint(path):
             raise ReasonerError(f"{path}: not a checkpoint directory (no config.json)")
@@ -93,7 +93,7 @@ class Reasoner:
     def from_openai(cls, base_url: str, model: str, api_key: str | None = None, *, timeout: float = 120.0,
                     **kwargs: Any) -> "Reasoner":
         """Any OpenAI-compatible chat-completions server, e.g. http://127.0.0.1:8000/v1."""
-        from reasoner.pipeline.backends import OpenAIBackend
+        from reasoner.serving.backends import OpenAIBackend
 
         if not base_url.startswith(("http://", "https://")):
             raise ReasonerError(f"base_url {base_url!r}: expected http://host:port/v1")

@@ -151,7 +151,7 @@ def _compare(recipe: Recipe, checkpoint: Path, task_name: str, spec: tuple) -> d
     """One task's comparison, cached under runs/demo/pipeline/<task>.json so a rerun keeps it."""
     _worker_setup()
     from reasoner.evaluation.compare import compare_task
-    from reasoner.pipeline.backends import LocalBackend
+    from reasoner.serving.backends import LocalBackend
     from reasoner.tasks import get_task
 
     cached = Path(recipe.output_dir) / "pipeline" / f"{task_name}.json"

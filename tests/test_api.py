@@ -6,7 +6,7 @@ import pytest
 from reasoner.api import MAX_PROBLEM_CHARS, Reasoner, Solution
 from reasoner.errors import ReasonerError
 from reasoner.model import load_model, save_checkpoint
-from reasoner.pipeline.backends import LocalBackend, Sampling, ScriptedBackend
+from reasoner.serving.backends import LocalBackend, Sampling, ScriptedBackend
 from reasoner.traces.store import TraceStore
 
 FAST = {"samples": 2, "retries": 1, "max_tokens": 12, "temperature": 1.0, "seed": 0}

@@ -21,8 +21,8 @@ import pytest
 from reasoner.cli import main
 from reasoner.evaluation.endpoint import evaluate_endpoint, list_models, settings_path
 from reasoner.errors import ReasonerError
-from reasoner.pipeline.backends import LocalBackend, OpenAIBackend
-from reasoner.pipeline.server import ChatServer
+from reasoner.serving.backends import LocalBackend, OpenAIBackend
+from reasoner.serving.server import ChatServer
 from reasoner.tasks import get_task
 
 ARGS = ["--task", "arithmetic", "--n", "6", "--seed", "0"]

@@ -11,7 +11,7 @@ from reasoner.evaluation.compare import PipelineSettings, compare_task, solve_th
 from reasoner.evaluation.controls import BlindBackend
 from reasoner.evaluation.grading import grade_many
 from reasoner.evaluation.summary import write_summary
-from reasoner.pipeline.backends import ScriptedBackend
+from reasoner.serving.backends import ScriptedBackend
 from reasoner.pipeline.prompts import render
 from reasoner.tasks import get_task
 from reasoner.tasks.word import plan_text

@@ -11,7 +11,7 @@ from reasoner.api import Reasoner, Solution
 from reasoner.cli import main
 from reasoner.cli.solve import EXIT_ANSWERED, EXIT_NO_ANSWER, EXIT_REJECTED
 from reasoner.errors import ReasonerError
-from reasoner.pipeline.backends import ScriptedBackend
+from reasoner.serving.backends import ScriptedBackend
 from reasoner.traces.store import TraceStore
 
 CODE = "Write add(a, b) returning the sum."

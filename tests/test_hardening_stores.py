@@ -9,7 +9,7 @@ import pytest
 
 from reasoner.api import Reasoner
 from reasoner.cli import main
-from reasoner.pipeline.backends import ScriptedBackend
+from reasoner.serving.backends import ScriptedBackend
 from reasoner.traces import TraceRecorder, TraceStore, TraceStoreError, model_call_span
 
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from reasoner.api import Reasoner
-from reasoner.pipeline.backends import BackendError, ScriptedBackend
+from reasoner.serving.backends import BackendError, ScriptedBackend
 from reasoner.pipeline.prompts import render
 from reasoner.traces.store import TraceStore
 

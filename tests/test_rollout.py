@@ -8,7 +8,7 @@ import torch
 from transformers import DeepseekV3ForCausalLM, TopKLogitsWarper, TopPLogitsWarper
 
 from reasoner.model import load_model
-from reasoner.rollout import RolloutEngine, SamplingParams
+from reasoner.rollout import RolloutEngine, Sampling
 from reasoner.rollout.hooks import generate_grouped
 from reasoner.rollout.sampling import process_logits, sample
 
@@ -187,7 +187,7 @@ def test_sampling_filters_match_transformers_warpers():
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 3
     for top_k, top_p in [(5, 1.0), (0, 0.7), (8, 0.5)]:
-        ours = process_logits(logits, SamplingParams(temperature=0.7, top_p=top_p, top_k=top_k))
+        ours = process_logits(logits, Sampling(temperature=0.7, top_p=top_p, top_k=top_k))
         ref = logits / 0.7
         if top_k:
             ref = TopKLogitsWarper(top_k)(None, ref)
@@ -201,12 +201,12 @@ def test_sampling_draws_follow_the_distribution():
     probs = torch.tensor([0.5, 0.25, 0.15, 0.1, 0.0])
     logits = probs.log().expand(20000, -1)
     gen = torch.Generator().manual_seed(0)
-    tokens, logprobs = sample(logits, SamplingParams(temperature=1.0), gen)
+    tokens, logprobs = sample(logits, Sampling(temperature=1.0), gen)
     freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
     torch.testing.assert_close(freq, probs, atol=0.015, rtol=0)
     torch.testing.assert_close(logprobs, probs.log()[tokens])
-    greedy, _ = sample(torch.randn(4, 9), SamplingParams(temperature=0.0))
-    topk1, _ = sample(torch.randn(4, 9).mul(0).add(torch.arange(9.0)), SamplingParams(top_k=1), gen)
+    greedy, _ = sample(torch.randn(4, 9), Sampling(temperature=0.0))
+    topk1, _ = sample(torch.randn(4, 9).mul(0).add(torch.arange(9.0)), Sampling(top_k=1), gen)
     assert greedy.shape == (4,) and (topk1 == 8).all()
 
 

@@ -14,8 +14,8 @@ import pytest
 from reasoner.api import Reasoner
 from reasoner.cli import main
 from reasoner.model import load_model, save_checkpoint
-from reasoner.pipeline.backends import BackendError, LocalBackend, OpenAIBackend, Sampling
-from reasoner.pipeline.server import ChatServer
+from reasoner.serving.backends import BackendError, LocalBackend, OpenAIBackend, Sampling
+from reasoner.serving.server import ChatServer
 from reasoner.traces.store import TraceStore
 
 FAST = {"samples": 2, "retries": 1, "max_tokens": 10, "seed": 0}

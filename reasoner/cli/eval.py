@@ -109,7 +109,7 @@ def run_endpoint(args, task, problems) -> int:
 
     from reasoner.errors import ReasonerError
     from reasoner.evaluation.endpoint import evaluate_endpoint, list_models
-    from reasoner.pipeline.backends import OpenAIBackend
+    from reasoner.serving.backends import OpenAIBackend
     from reasoner.progress import printable
 
     if args.concurrency < 1 or args.retries < 0 or args.timeout <= 0:

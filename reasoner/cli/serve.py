@@ -28,8 +28,8 @@ def run(args) -> int:
     hf_logging.disable_progress_bar()
 
     from reasoner.errors import ReasonerError
-    from reasoner.pipeline.backends import LocalBackend
-    from reasoner.pipeline.server import ChatServer
+    from reasoner.serving.backends import LocalBackend
+    from reasoner.serving.server import ChatServer
 
     from reasoner.model import is_checkpoint
 

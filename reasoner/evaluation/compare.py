@@ -17,7 +17,7 @@ from reasoner.api import Reasoner
 from reasoner.evaluation.controls import BlindBackend
 from reasoner.evaluation.grading import as_completion, grade_many
 from reasoner.evaluation.metrics import bootstrap, mean, voted_completion
-from reasoner.pipeline.backends import Backend, Sampling
+from reasoner.serving.backends import Backend, Sampling
 from reasoner.pipeline.prompts import render, user
 from reasoner.progress import progress
 from reasoner.tasks.base import Problem
@@ -82,7 +82,7 @@ def many_texts(backend: Backend, problems: Sequence[Problem], n: int, temperatur
                seed: int, description: str | None) -> list[list[str]]:
     """n completions of each problem's plain question (the direct prompt), one batched call per problem."""
     return [[g.text for g in backend.generate(user(render("solve", question=p.question)), n,
-                                              Sampling(temperature, 1.0, max_tokens, seed + i))]
+                                              Sampling(temperature, max_tokens=max_tokens, seed=seed + i))]
             for i, p in enumerate(progress(problems, description, total=len(problems)))]
 
 

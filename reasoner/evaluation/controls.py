@@ -10,7 +10,7 @@ import json
 import random
 import threading
 
-from reasoner.pipeline.backends import Backend, Generation
+from reasoner.serving.backends import Backend, Generation
 
 
 class BlindBackend(Backend):

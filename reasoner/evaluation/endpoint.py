@@ -29,7 +29,7 @@ from typing import Sequence
 from reasoner.errors import ReasonerError
 from reasoner.evaluation.grading import grade_many
 from reasoner.evaluation.metrics import Metric, bootstrap, voted_completion
-from reasoner.pipeline.backends import Backend, BackendError, Sampling
+from reasoner.serving.backends import Backend, BackendError, Sampling
 from reasoner.progress import printable, progress
 from reasoner.tasks.base import Problem
 

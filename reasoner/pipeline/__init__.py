@@ -11,7 +11,7 @@ checked only when the caller has one and passes it; no benchmark, demo or test o
 answers and hidden tests live in reasoner.evaluation.grading alone, and what a solver receives (a
 `Question`) has no field for either.
 
-graph.py (nodes, edges), plans.py (plan format), backends.py (local / OpenAI HTTP / scripted),
-checks.py (verdicts, under the rule above), recording.py (the trace), server.py (`reasoner serve`).
+graph.py (nodes, edges), plans.py (plan format), checks.py (verdicts, under the rule above),
+recording.py (the trace). The model behind it is a reasoner.serving backend.
 Nothing heavy is imported here.
 """

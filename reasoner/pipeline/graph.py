@@ -39,7 +39,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from reasoner.pipeline import checks, recording
-from reasoner.pipeline.backends import Backend, BackendError, Generation
+from reasoner.serving.backends import Backend, BackendError, Generation
 from reasoner.pipeline.options import SolveOptions
 from reasoner.pipeline.plans import PlanError, Step, parse_plan, plan_messages, ready_steps, substitute
 from reasoner.pipeline.prompts import render, user

@@ -6,7 +6,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 
 from reasoner.errors import ReasonerError
-from reasoner.pipeline.backends import Sampling
+from reasoner.serving.backends import Sampling
 
 
 @dataclass(frozen=True)
@@ -60,4 +60,4 @@ class SolveOptions:
     def sampling(self, attempt: int = 0) -> Sampling:
         """Each attempt its own seed, so a seeded retry draws new samples rather than the same ones."""
         seed = None if self.seed is None else self.seed + 1000 * attempt
-        return Sampling(self.temperature, self.top_p, self.max_tokens, seed)
+        return Sampling(self.temperature, self.top_p, max_tokens=self.max_tokens, seed=seed)

@@ -18,6 +18,6 @@ One engine is not thread-safe (one static cache): callers that share it take a l
 """
 from reasoner.rollout.engine import Completion, RolloutEngine
 from reasoner.rollout.hooks import generate_grouped, make_rollout_func
-from reasoner.rollout.sampling import SamplingParams
+from reasoner.rollout.sampling import Sampling
 
-__all__ = ["Completion", "RolloutEngine", "SamplingParams", "generate_grouped", "make_rollout_func"]
+__all__ = ["Completion", "RolloutEngine", "Sampling", "generate_grouped", "make_rollout_func"]

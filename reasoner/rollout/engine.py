@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from reasoner.rollout.sampling import SamplingParams, sample
+from reasoner.rollout.sampling import Sampling, sample
 
 
 @dataclass
@@ -321,7 +321,7 @@ class RolloutEngine:
             raise ValueError("stop_strings need a tokenizer")
         if isinstance(stop_strings, str):
             stop_strings = (stop_strings,)
-        params = SamplingParams(temperature, top_p, top_k)
+        params = Sampling(temperature, top_p, top_k)
         self._maybe_refresh()
         generator = None
         if seed is not None:

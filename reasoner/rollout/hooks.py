@@ -1,5 +1,5 @@
 """Hooks that put the rollout engine behind TRL's GRPOTrainer (the pipeline's LocalBackend calls
-`RolloutEngine.generate` directly, see reasoner/pipeline/backends.py).
+`RolloutEngine.generate` directly, see reasoner/serving/backends.py).
 
 TRL's `rollout_func(prompts, trainer) -> {"prompt_ids", "completion_ids", "logprobs", ...}` does not need vLLM:
 GRPOTrainer calls it in `_generate` in place of `model.generate` and uses the returned ids as-is. TRL hands it

@@ -7,31 +7,12 @@ The returned log-probabilities are those of the *processed* distribution the tok
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+from reasoner.sampling import Sampling
 
 
-def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def process_logits(logits: torch.Tensor, params: Sampling) -> torch.Tensor:
     """Float32 logits with temperature applied and filtered tokens set to -inf. logits: [batch, vocab]."""
     logits = logits.float()
     if params.greedy:
@@ -54,7 +35,7 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     return logits
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+def sample(logits: torch.Tensor, params: Sampling, generator: torch.Generator | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [batch], logprobs [batch]) for one decoding step."""
     processed = process_logits(logits, params)
@@ -70,7 +51,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 
 def accept_draft(target_logits: torch.Tensor, draft_logits: torch.Tensor, draft: torch.Tensor,
-                 params: SamplingParams, generator: torch.Generator | None = None
+                 params: Sampling, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023) for one drafted token per row.
 

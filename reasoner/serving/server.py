@@ -12,7 +12,7 @@ import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from reasoner.pipeline.backends import Backend, BackendError, Sampling
+from reasoner.serving.backends import Backend, BackendError, Sampling
 
 log = logging.getLogger(__name__)
 

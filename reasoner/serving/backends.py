@@ -12,26 +12,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from reasoner.errors import ReasonerError
+from reasoner.sampling import Sampling
 
 
 class BackendError(ReasonerError):
     """The model could not be asked: server down, HTTP error, timeout, prompt too long."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 256
-    seed: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
