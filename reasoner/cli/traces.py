@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from reasoner.errors import ReasonerError
+from reasoner.traces.model import SOURCES
 
 SORT_CHOICES = ("created", "reward", "task", "source", "model", "tokens", "length")
 EXPORT_FORMATS = ("html", "jsonl", "otlp")
@@ -75,8 +76,9 @@ def add_parser(subparsers) -> None:
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("filters")
-    group.add_argument("--source", choices=("train", "pipeline", "eval"),
-                       help="where traces came from: train (GRPO rollouts), pipeline (solve/serve runs), eval")
+    group.add_argument("--source", choices=SOURCES,
+                       help="where traces came from: train (GRPO rollouts), pipeline (solve/serve runs), eval, "
+                            "distill (kept teacher samples that became training data)")
     group.add_argument("--run", metavar="RUN_ID", help="one training run's rollouts (`reasoner train` prints its id)")
     group.add_argument("--task", help="task name; wildcards allowed (gsm8k*)")
     group.add_argument("--model", help="model name; wildcards allowed")

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 SCHEMA_VERSION = 1
-SOURCES = ("train", "pipeline", "eval")
+SOURCES = ("train", "pipeline", "eval", "distill")
 SPAN_KINDS = ("node", "step", "model_call", "verification", "reward", "other")
 VERDICTS = ("pass", "fail", "error", "unknown")
 
