@@ -30,13 +30,30 @@ parameters per token and attention over the latent cache). Step time = FLOPs / (
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import random
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn as nn
+from transformers import DeepseekV3ForCausalLM
+
+from reasoner.config import read_yaml, resolve_config_path
 from reasoner.errors import ReasonerError
+from reasoner.model import ModelSpec, is_checkpoint, model_config
+from reasoner.params import _active_fraction, human, part_of
+from reasoner.rl.data import render_prompt
+from reasoner.rl.grpo import grpo_config
+from reasoner.rl.lora import with_lora
+from reasoner.rl.rewards import REWARD_NAMES, build_rewards
+from reasoner.rl.traindata import HUB, load_source
+from reasoner.tasks import get_task
+from reasoner.tokenizer import load_tokenizer
 
 GiB = 2 ** 30
 RUNTIME_RESERVE = 2 * GiB        # CUDA context, NCCL buffers
@@ -95,23 +112,16 @@ class Shape:
         return self.layers * self.heads * (self.nope_dim + self.rope_dim + self.v_dim) * length
 
     def lora_parameters(self, r: int, targets: list[str], model) -> int:
-        import torch.nn as nn
-
         return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
                    if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets)
 
 
 def meta_model(config):
-    import torch
-    from transformers import DeepseekV3ForCausalLM
-
     with torch.device("meta"):
         return DeepseekV3ForCausalLM(config)
 
 
 def shape_of(config, model, dtype_bytes: int) -> Shape:
-    from reasoner.params import _active_fraction, part_of
-
     routed_fraction = config.num_experts_per_tok / config.n_routed_experts
     total = active = 0
     per_layer: dict[int, int] = {}
@@ -411,7 +421,6 @@ class DryRun:
 def read_accelerate(name_or_path: str | None) -> tuple[str | None, dict[str, Any]]:
     if not name_or_path:
         return None, {}
-    from reasoner.config import read_yaml, resolve_config_path
 
     path = resolve_config_path("accelerate", name_or_path)
     return str(path), read_yaml(path)
@@ -438,13 +447,6 @@ def sharding_of(accelerate: dict[str, Any], gpus: int) -> tuple[str, bool, bool]
 def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_config: str | None = None,
             mfu: float | None = None) -> DryRun:
     """Validate `recipe` as `reasoner train` would, without weights, and plan it per GPU."""
-    import importlib.util
-
-    from reasoner.model import ModelSpec, is_checkpoint, model_config
-    from reasoner.rl.grpo import grpo_config
-    from reasoner.rl.lora import with_lora
-    from reasoner.rl.rewards import REWARD_NAMES, build_rewards
-    from reasoner.tasks import get_task
 
     problems, checks, launch = [], [], []
     p = recipe.parallel
@@ -467,14 +469,11 @@ def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_
     dtype = _dtype_of(source, config, is_checkpoint, ModelSpec)
     model = meta_model(config)
     shape = shape_of(config, model, {"float32": 4, "bfloat16": 2, "float16": 2}[dtype])
-    from reasoner.params import human
 
     checks.append(f"model {source}: {human(shape.total)} parameters, {human(shape.active)} activated per token, {dtype}")
     default_targets = ["q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
     lora_alt = shape.lora_parameters(recipe.lora.r, default_targets, model)
     if recipe.lora.enabled:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             peft_model = with_lora(model, recipe.lora)      # raises on targets the model lacks, as a run would
@@ -541,8 +540,6 @@ def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_
     data = recipe.task.train_data
     loaded: list = []
     if data.gsm8k or data.math:
-        from reasoner.rl.traindata import HUB, load_source
-
         for name, where in (("gsm8k", data.gsm8k), ("math", data.math)):
             if not where:
                 continue
@@ -582,10 +579,6 @@ def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_
 def longest_prompt(problems: list, source: str, style: str, seed: int, sample: int = 2000) -> tuple[int, int]:
     """Tokens in the longest rendered GRPO prompt of (a seeded sample of) the training problems, with the
     checkpoint's own tokenizer and the recipe's prompt style: TRL does not truncate prompts."""
-    import random
-
-    from reasoner.rl.data import render_prompt
-    from reasoner.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(source)
     chosen = problems if len(problems) <= sample else random.Random(seed).sample(problems, sample)
@@ -600,8 +593,6 @@ def _dtype_of(source, config, is_checkpoint, ModelSpec) -> str:
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -665,7 +656,6 @@ def v3_pretraining_check() -> dict[str, float]:
     """The MFU the DeepSeek-V3 report implies: the planner's FLOPs for 14.8T tokens of 4096-token sequences on
     the V3 shape, over 2.664M H800 GPU-hours (pre-training) or 2.788M (the whole run, which also includes
     context extension and post-training, so that figure overstates the pre-training time)."""
-    from reasoner.model import model_config
 
     config = model_config("deepseek-v3")
     shape = shape_of(config, meta_model(config), 2)
