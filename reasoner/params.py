@@ -6,6 +6,8 @@ from collections import OrderedDict
 import torch
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
+from reasoner.mtp import attach_mtp
+
 PARTS = ("embeddings", "attention", "dense_mlp", "shared_experts", "routed_experts", "router", "norms", "mtp")
 
 
@@ -40,8 +42,6 @@ def count_parameters(config: DeepseekV3Config) -> dict[str, dict[str, int]]:
     published checkpoint stores under `model.layers.{N}` (V3: 671B + 14B = 685B). It is not activated per token
     (it runs only in training and when drafting), so the activated figure stays the main model's.
     """
-    from reasoner.mtp import attach_mtp
-
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(config)
         attach_mtp(model, getattr(config, "num_mtp_layers", 0) or 0)

@@ -1,6 +1,7 @@
 """Stage 2: TRL's GRPOTrainer with rule-based rewards, load balancing and rollout recording."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +15,8 @@ from reasoner.rl.fit import fit
 from reasoner.rl.progress import reporting
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.rewards import build_rewards
+from reasoner.rollout.hooks import make_rollout_func
+from reasoner.traces import TraceStore, rollout_trace
 
 RolloutSink = Callable[[list[dict]], None]
 
@@ -102,8 +105,6 @@ def run_grpo(recipe: Recipe, model, tokenizer, dataset, output_dir: Path, use_cp
     # The engine reads the projections' weights directly; under LoRA those omit the adapters' delta, so
     # LoRA runs sample with TRL's own generate.
     if rollout_func is None and stage.fast_rollout and not stage.use_vllm and not recipe.lora.enabled:
-        from reasoner.rollout.hooks import make_rollout_func
-
         rollout_func = make_rollout_func(max_batch_size=stage.prompts_per_step * stage.num_generations)
     trainer = RecordingGRPOTrainer(
         model=model, reward_funcs=rewards, args=grpo_config(recipe, output_dir, use_cpu),
@@ -121,10 +122,6 @@ def trace_sink(task: str, model: str, store_path: str | Path | None = None, *, m
     metadata (the run id, output_dir, recipe, stage) goes on every rollout; each also gets its GRPO group
     (`group`: the k = group_size consecutive rollouts of one prompt in one round) and the round's wall time
     on its step span, so `reasoner traces ui` can show a prompt's rollouts side by side."""
-    import time
-
-    from reasoner.traces import TraceStore, rollout_trace
-
     store = TraceStore.open(store_path)
     state = {"round": 0, "since": time.time()}
 

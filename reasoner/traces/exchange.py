@@ -7,8 +7,10 @@ import os
 from typing import IO, Any, Iterable, Iterator
 
 from reasoner.errors import ReasonerError
+from reasoner.traces.build import rollout_trace
 from reasoner.traces.model import Span, Trace
 from reasoner.traces.schema import validate_trace_dict
+from reasoner.traces.views import span_times
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[Trace]:
@@ -40,8 +42,6 @@ def _parse_line(line: str, where: str) -> Trace:
 
 
 def _legacy_rollout(data: dict, where: str) -> Trace:
-    from reasoner.traces.build import rollout_trace
-
     rewards = data.get("rewards")
     if not isinstance(rewards, dict):
         rewards = {} if data.get("reward") is None else {"reward": data["reward"]}
@@ -79,8 +79,6 @@ def write_otlp(traces: Iterable[Trace], out: IO[str]) -> int:
 def otlp_request(trace: Trace) -> dict:
     """One trace as an OTLP request: a root span covering the whole trace, then every span under its parent.
     Times come from views.span_times, so every child lies within its parent (waterfalls draw right)."""
-    from reasoner.traces.views import span_times
-
     spans: list[dict] = []
     trace_id = _hex_id(trace.id, 32)
     root_id = _hex_id(trace.id + "/root", 16)
