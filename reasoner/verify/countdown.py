@@ -3,27 +3,22 @@
 Rules follow TinyZero's countdown reward: + - * / and parentheses only, every given number used
 exactly once, the value equal to the target (division is exact: Fractions, no rounding).
 
-The expression is parsed with `ast` and evaluated by walking the tree, never with eval(): anything
-but integer literals and the four binary operators (names, calls, attributes, unary minus, powers)
-is rejected. A length cap bounds parse time and recursion depth on adversarial input.
+The expression is evaluated by the calculator (calculator.py: an `ast` walk, never eval()) in its
+whole-numbers grammar: anything but integer literals and the four binary operators (names, calls,
+attributes, unary minus, powers, decimals) is rejected. A length cap bounds parse time and recursion
+depth on adversarial input.
 """
 from __future__ import annotations
 
-import ast
-import operator
 import re
 from collections import Counter
 from fractions import Fraction
 
 from reasoner.verify.answers import extract_answer
+from reasoner.verify.calculator import NotArithmetic, evaluate, format_value
 
 MAX_EXPRESSION_CHARS = 200
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _TRAILING_RESULT = re.compile(r"=\s*-?\d+\s*$")  # "3*7+2 = 23": the model restating the target
-
-
-class _Rejected(Exception):
-    pass
 
 
 def evaluate_expression(expression: str) -> tuple[Fraction, list[int]] | None:
@@ -31,20 +26,10 @@ def evaluate_expression(expression: str) -> tuple[Fraction, list[int]] | None:
     if not isinstance(expression, str) or len(expression) > MAX_EXPRESSION_CHARS:
         return None
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
-        used: list[int] = []
-        return _value(tree.body, used), used
-    except (SyntaxError, ValueError, RecursionError, MemoryError, ZeroDivisionError, _Rejected):
+        value, numbers = evaluate(expression, whole_numbers=True)
+    except NotArithmetic:
         return None
-
-
-def _value(node: ast.AST, used: list[int]) -> Fraction:
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        used.append(node.value)
-        return Fraction(node.value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_value(node.left, used), _value(node.right, used))
-    raise _Rejected(type(node).__name__)
+    return value, [int(n) for n in numbers]
 
 
 def countdown_correct(expression: str, numbers: list[int], target: int) -> bool:
@@ -90,9 +75,7 @@ def check_certificate(completion: str, question: str) -> tuple[bool, str]:
         return False, f"{answer} is not an expression of the numbers"
     if Counter(result[1]) != Counter(numbers):
         return False, f"{answer} does not use each of {numbers} exactly once"
-    value = result[0]
-    shown = value.numerator if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-    return False, f"{answer} = {shown}, not {target}"
+    return False, f"{answer} = {format_value(result[0])}, not {target}"
 
 
 def check_countdown(completion: str, reference: str) -> bool:
