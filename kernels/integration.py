@@ -13,6 +13,9 @@ import torch
 from transformers.integrations.moe import grouped_mm_experts_forward
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from reasoner.kernels.flash_attention import flash_attention
+from reasoner.kernels.moe_experts import fused_experts
+
 log = logging.getLogger("reasoner.kernels")
 _warned: set[str] = set()
 
@@ -49,8 +52,6 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     if unsupported or not triton_available(query):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    from reasoner.kernels.flash_attention import flash_attention
-
     # Same reading of a missing mask as sdpa: causal when it has several queries, upper-left aligned, which
     # transformers only relies on when Sk == Sq or for an empty static cache (keys past Sq unused)
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -76,8 +77,6 @@ def experts_forward(self, hidden_states, top_k_index, top_k_weights):
         return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
     if not triton_available(hidden_states):
         return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
-    from reasoner.kernels.moe_experts import fused_experts
-
     x = hidden_states.to(self.gate_up_proj.dtype)  # autocast may hand float32 activations to bf16 weights
     out = fused_experts(x, top_k_index, top_k_weights, self.gate_up_proj, self.down_proj)
     return out.to(hidden_states.dtype)

@@ -21,13 +21,15 @@ log = logging.getLogger("reasoner.kernels")
 
 
 def _attention(*args, **kwargs):
-    from reasoner.kernels.integration import attention_forward  # torch + kernels load on first use only
+    # In here, not at the top: integration imports torch and transformers (about 7 s cold, measured with
+    # -X importtime), which `import reasoner` must not pay.
+    from reasoner.kernels.integration import attention_forward
 
     return attention_forward(*args, **kwargs)
 
 
 def _experts(*args, **kwargs):
-    from reasoner.kernels.integration import experts_forward
+    from reasoner.kernels.integration import experts_forward  # as above: torch + transformers on first use only
 
     return experts_forward(*args, **kwargs)
 
