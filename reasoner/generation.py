@@ -1,20 +1,32 @@
-"""Sampling text from a local model: one function for evaluation, the demo and the pipeline backend.
+"""Running a local model: the one function for evaluation, the demo, the pipeline backend and the server.
 
-Uses the absorbed-MLA rollout engine (reasoner.rollout), which reads the live weights of a
-DeepseekV3ForCausalLM; other models (or a PEFT wrapper) go through transformers' `generate`.
-Returns, per prompt, `num_samples` completion texts with special tokens removed (the reasoning tags
-are ordinary tokens and stay).
+`generate(model, tokenizer, prompt_ids, sampling)` decides how: the absorbed-MLA rollout engine
+(reasoner.rollout) for a DeepseekV3ForCausalLM, transformers' `generate` for anything else (a PEFT wrapper,
+another architecture). Both honour `sampling.stop` and a timeout, and report why each completion ended.
+`sample(...)` is the text-in, text-out form evaluation and the demo use.
 """
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DeepseekV3ForCausalLM
 
 from reasoner.progress import progress
+from reasoner.rollout import RolloutEngine
+from reasoner.sampling import Sampling
 
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Output:
+    """One completion of one prompt."""
+
+    token_ids: list[int]   # what the model produced, the EOS or stop string's tokens included
+    text: str              # decoded without special tokens, cut before the first stop string (OpenAI's rule)
+    finish_reason: str     # "stop" (EOS or a stop string) or "length" (max_tokens or the timeout)
 
 
 def engine_for(model, tokenizer):
@@ -22,45 +34,82 @@ def engine_for(model, tokenizer):
     if type(model) is not DeepseekV3ForCausalLM:
         return None
     if model not in _ENGINES:
-        from reasoner.rollout import RolloutEngine
-
         _ENGINES[model] = RolloutEngine(model, tokenizer, max_batch_size=256)
     return _ENGINES[model]
 
 
 @torch.no_grad()
+def generate(model, tokenizer, prompt_ids: list[list[int]], sampling: Sampling, num_samples: int = 1,
+             timeout: float | None = None) -> list[Output]:
+    """num_samples completions per prompt, prompt-major. `timeout` (seconds) ends decoding early ("length")."""
+    engine = engine_for(model, tokenizer)
+    if engine is not None:
+        return _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout)
+    return _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout)
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one occurred."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return (text[:min(ends)], True) if ends else (text, False)
+
+
+def _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout) -> list[Output]:
+    done = engine.generate(prompt_ids, sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=sampling.top_k, seed=sampling.seed, stop_strings=sampling.stop,
+                           num_samples=num_samples, max_time=timeout)
+    texts = tokenizer.batch_decode([c.token_ids for c in done], skip_special_tokens=True)
+    return [_output(c.token_ids, text, c.finish_reason != "length", sampling.stop) for c, text in zip(done, texts)]
+
+
+def _output(token_ids: list[int], text: str, ended: bool, stop: tuple[str, ...]) -> Output:
+    text, stopped = cut_at_stop(text, stop)
+    return Output(list(token_ids), text, "stop" if ended or stopped else "length")
+
+
+def _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout) -> list[Output]:
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    inputs, mask = _left_padded(prompt_ids, tokenizer.pad_token_id, model.device)
+    extra = {} if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                                        "top_k": sampling.top_k or None}
+    if sampling.stop:
+        extra.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
+    out = model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=sampling.max_tokens,
+                         do_sample=not sampling.greedy, num_return_sequences=num_samples, max_time=timeout,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
+    return [_hf_output(row, tokenizer, sampling.stop) for row in out[:, inputs.shape[1]:].tolist()]
+
+
+def _left_padded(prompt_ids, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompt_ids):
+        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+    return ids.to(device), mask.to(device)
+
+
+def _hf_output(row: list[int], tokenizer, stop: tuple[str, ...]) -> Output:
+    eos = tokenizer.eos_token_id
+    ended = eos in row
+    row = row[:row.index(eos) + 1] if ended else [t for t in row if t != tokenizer.pad_token_id]
+    return _output(row, tokenizer.decode(row, skip_special_tokens=True), ended, stop)
+
+
 def sample(model, tokenizer, prompts: list[str], num_samples: int = 1, temperature: float = 0.0,
            top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 256, seed: int = 0,
            description: str | None = None) -> list[list[str]]:
+    """Per prompt, num_samples completion texts: prompts in chunks of batch_size rows, seeded per chunk."""
     was_training = model.training
     model.eval()
     per_batch = max(1, batch_size // num_samples)
     chunks = range(0, len(prompts), per_batch)
-    generate = _engine_sample if engine_for(model, tokenizer) is not None else _hf_sample
+    settings = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
     out: list[list[str]] = []
     for start in progress(chunks, description, total=len(chunks)):
-        out += generate(model, tokenizer, prompts[start:start + per_batch], num_samples, temperature, top_p,
-                        max_new_tokens, seed + start)
+        ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[start:start + per_batch]]
+        texts = [o.text for o in generate(model, tokenizer, ids, replace(settings, seed=seed + start), num_samples)]
+        out += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
     model.train(was_training)
     return out
-
-
-def _engine_sample(model, tokenizer, prompts, num_samples, temperature, top_p, max_new_tokens, seed):
-    prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    completions = engine_for(model, tokenizer).generate(
-        prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, num_samples=num_samples)
-    texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
-    return [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
-
-
-def _hf_sample(model, tokenizer, prompts, num_samples, temperature, top_p, max_new_tokens, seed):
-    torch.manual_seed(seed)
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    greedy = temperature == 0
-    output = model.generate(
-        **encoded, max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=num_samples,
-        temperature=None if greedy else temperature, top_p=None if greedy else top_p, top_k=None,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    texts = tokenizer.batch_decode(output[:, encoded.input_ids.shape[1]:], skip_special_tokens=True)
-    return [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]

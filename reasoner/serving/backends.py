@@ -5,18 +5,19 @@ each must be safe to call from several threads at once.
 """
 from __future__ import annotations
 
-import functools
 import json
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+import openai
+
+from reasoner import generation
 from reasoner.errors import ReasonerError
+from reasoner.generation import Output
+from reasoner.model import load_model
 from reasoner.sampling import Sampling
 
 
@@ -45,44 +46,43 @@ class Backend:
 # ---------------------------------------------------------------- local checkpoint
 
 
-@functools.cache
-def _rollout_engine_class():
-    """The fast engine when the rollout package provides it; None means plain `model.generate`."""
-    try:
-        from reasoner.rollout import RolloutEngine
-    except ImportError:
-        return None
-    return RolloutEngine
-
-
 class LocalBackend(Backend):
-    """A transformers checkpoint in this process. One lock: concurrent branches take turns."""
+    """A transformers checkpoint in this process, run by reasoner.generation. One lock: callers take turns."""
 
     def __init__(self, model, tokenizer, name: str = "local"):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.context = getattr(model.config, "max_position_embeddings", None)
         self._lock = threading.Lock()
-        engine_class = _rollout_engine_class()
-        self._engine = engine_class(model, tokenizer) if engine_class else None
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "LocalBackend":
-        from reasoner.model import load_model
-
         model, tokenizer = load_model(path)
         return cls(model, tokenizer, name=Path(str(path)).name)
 
     def generate(self, messages, n, sampling, timeout=None):
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        max_new = self._room(len(ids), sampling.max_tokens)
-        with self._lock:
-            start = time.perf_counter()
-            texts = self._sample(ids, n, sampling, max_new, timeout)
-            latency = time.perf_counter() - start
-        return [Generation(text, reason, prompt, latency, len(ids), count) for text, reason, count in texts]
+        prompt, ids = self.encode(messages)
+        sampling = replace(sampling, max_tokens=self.room(len(ids), sampling.max_tokens))
+        start = time.perf_counter()
+        outputs = self.generate_ids([ids], sampling, n, timeout)
+        latency = time.perf_counter() - start
+        return [Generation(o.text, o.finish_reason, prompt, latency, len(ids), len(o.token_ids)) for o in outputs]
 
-    def _room(self, prompt_tokens: int, max_tokens: int) -> int:
+    def encode(self, messages: list[dict]) -> tuple[str, list[int]]:
+        """The prompt the model sees (chat template, generation prompt added) and its token ids."""
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return prompt, self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def generate_ids(self, prompt_ids: list[list[int]], sampling: Sampling, n: int = 1,
+                     timeout: float | None = None) -> list[Output]:
+        """n completions per prompt, prompt-major, under the model lock (the engine has one cache)."""
+        with self._lock:
+            return generation.generate(self.model, self.tokenizer, prompt_ids, sampling, n, timeout)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def room(self, prompt_tokens: int, max_tokens: int) -> int:
+        """max_tokens, cut to what fits in the context after the prompt."""
         if self.context is None:
             return max_tokens
         room = self.context - prompt_tokens
@@ -90,46 +90,19 @@ class LocalBackend(Backend):
             raise BackendError(f"the prompt is {prompt_tokens} tokens; this model reads at most {self.context}")
         return min(max_tokens, room)
 
-    def _sample(self, ids, n, sampling, max_new, timeout) -> list[tuple[str, str, int]]:
-        if self._engine is not None:
-            done = self._engine.generate([ids], max_new_tokens=max_new, temperature=sampling.temperature,
-                                         top_p=sampling.top_p, top_k=0, seed=sampling.seed, stop_strings=(),
-                                         num_samples=n)
-            return [(c.text, "length" if c.finish_reason == "length" else "stop", len(c.token_ids)) for c in done]
-        return self._hf_generate(ids, n, sampling, max_new, timeout)
-
-    def _hf_generate(self, ids, n, sampling, max_new, timeout):
-        import torch
-
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        inputs = torch.tensor([ids] * n, device=self.model.device)
-        greedy = sampling.temperature <= 0
-        extra = {} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new,
-                do_sample=not greedy, max_time=timeout, pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id, **extra)
-        results = []
-        for row in out[:, len(ids):].tolist():
-            stopped = self.tokenizer.eos_token_id in row
-            row = row[:row.index(self.tokenizer.eos_token_id)] if stopped else row
-            row = [t for t in row if t != self.tokenizer.pad_token_id]
-            results.append((self.tokenizer.decode(row, skip_special_tokens=True), "stop" if stopped else "length",
-                            len(row)))
-        return results
-
 
 # ---------------------------------------------------------------- OpenAI-compatible HTTP
 
 
 class OpenAIBackend(Backend):
-    """Any server with `/v1/chat/completions` (vLLM, SGLang, `reasoner serve`, OpenAI itself)."""
+    """Any server with `/v1/chat/completions` (vLLM, SGLang, `reasoner serve`, OpenAI itself), via `openai`."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 120.0):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.name, self.api_key, self.timeout = model, api_key, timeout
+        # "EMPTY" (vLLM's convention) rather than None: the client would otherwise read OPENAI_API_KEY and send
+        # the user's OpenAI key to whatever server this is. Retries are the caller's (evaluation/endpoint.py).
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0)
 
     def generate(self, messages, n, sampling, timeout=None):
         timeout = min(self.timeout, timeout) if timeout else self.timeout
@@ -139,16 +112,8 @@ class OpenAIBackend(Backend):
         return generations[:n]
 
     def _request(self, messages, n, sampling, timeout) -> list[Generation]:
-        body = {"model": self.name, "messages": messages, "n": n, "temperature": sampling.temperature,
-                "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode(), headers, method="POST")
         start = time.perf_counter()
-        reply = self._send(request, timeout)
+        reply = self._send(messages, n, sampling, timeout)
         latency = time.perf_counter() - start
         choices = reply.get("choices") if isinstance(reply, dict) else None
         if not choices:
@@ -159,27 +124,29 @@ class OpenAIBackend(Backend):
                            usage.get("prompt_tokens"), usage.get("completion_tokens") if len(choices) == 1 else None)
                 for c in choices]
 
-    def _send(self, request, timeout: float) -> dict:
+    def _send(self, messages, n, sampling, timeout: float) -> dict:
+        """The reply as a plain dict (servers differ in what they add; reasoning_content is one such field)."""
+        extra = {"top_k": sampling.top_k} if sampling.top_k else None  # vLLM's extension; OpenAI has no top_k
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:300].decode(errors="replace")
-            raise BackendError(f"{self.url}: HTTP {err.code} {err.reason}: {detail}") from None
-        except (TimeoutError, socket.timeout):
+            response = self._client.chat.completions.with_raw_response.create(
+                model=self.name, messages=messages, n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens, seed=sampling.seed, stop=list(sampling.stop) or None,
+                timeout=timeout, extra_body=extra)
+            return json.loads(response.http_response.text)
+        except openai.APIStatusError as err:
+            detail = err.response.text[:300]
+            raise BackendError(f"{self.url}: HTTP {err.status_code} {err.response.reason_phrase}: {detail}") from None
+        except openai.APITimeoutError:
             raise BackendError(f"{self.url}: no answer within {timeout:g}s") from None
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, (TimeoutError, socket.timeout)):
-                raise BackendError(f"{self.url}: no answer within {timeout:g}s") from None
-            raise BackendError(f"{self.url}: cannot connect: {err.reason}") from None
+        except openai.APIConnectionError as err:
+            raise BackendError(f"{self.url}: cannot connect: {err.__cause__ or err}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BackendError(f"{self.url}: the reply is not JSON") from None
-        except (ConnectionError, OSError) as err:
-            raise BackendError(f"{self.url}: connection failed: {err}") from None
 
 
 def _choice_text(choice: dict) -> str:
-    """The completion, with reasoning that servers return separately put back in its tags."""
+    """The completion, with reasoning that servers return separately (vLLM's reasoning parsers, DeepSeek's API,
+    `reasoner serve`) put back in its tags, as the model wrote it."""
     message = choice.get("message") or {}
     content = message.get("content") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
