@@ -75,7 +75,10 @@ def test_greedy_replies_match_the_local_backend(server):
     ({"messages": [{"role": "robot", "content": "hi"}]}, "each message needs a role"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 0}, "'n' must be between"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "'temperature' must be a number"),
-    ({"messages": [{"role": "user", "content": "hi"}], "stream": True}, "streaming is not supported"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "'stream' must be true or false"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": True}, "'n' must be a whole number"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": 7}, "'stop' must be a string or a list of strings"),
+    ([1, 2], "the body must be a JSON object"),
     ({"messages": [{"role": "user", "content": "1+" * 600}]}, "this model reads at most 1024"),
 ])
 def test_bad_requests_get_400_with_a_message(server, body, message):

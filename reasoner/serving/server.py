@@ -1,18 +1,33 @@
-"""An OpenAI-compatible server for a backend: POST /v1/chat/completions, GET /v1/models.
+"""An OpenAI-compatible server for a local checkpoint: POST /v1/chat/completions, GET /v1/models, GET /health.
 
-Standard library only (ThreadingHTTPServer). Requests run in threads; the backend serialises model
-access itself. Bad requests get a 400 with an OpenAI-style error body, never a traceback.
+FastAPI on uvicorn (h11, with reasoner.serving.guards on connections and bodies). Completions go through the
+dynamic batcher (reasoner.serving.batcher): requests that arrive together are decoded in one model call.
+`stream: true` answers with Server-Sent Events in OpenAI's chunk format, ending in `data: [DONE]`. With
+`pipeline=True` the server also lists `reasoner-pipeline`, which runs the whole verified pipeline
+(reasoner.serving.pipeline_model). Bad requests get a 400 with an OpenAI-style error body, never a traceback.
 """
 from __future__ import annotations
 
-import json
 import logging
+import socket
+import threading
 import time
-import uuid
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
-from reasoner.serving.backends import Backend, BackendError, Sampling
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from reasoner.errors import ReasonerError
+from reasoner.serving.backends import LocalBackend
+from reasoner.serving.batcher import BatchedBackend, Batcher
+from reasoner.serving.completions import ModelCompletion, PipelineCompletion
+from reasoner.serving.guards import Rejected, Slots, check_key, guarded_protocol, read_body
+from reasoner.serving.pipeline_model import PIPELINE_MODEL, PipelineModel
+from reasoner.serving.schemas import ChatRequest, ModelCard, ModelList, error_body, error_message
 
 log = logging.getLogger(__name__)
 
@@ -20,120 +35,189 @@ MAX_BODY_BYTES = 1 << 20
 MAX_SAMPLES = 16
 
 
-class RequestError(ValueError):
-    """A client mistake: reported as HTTP 400 with the message."""
+@dataclass
+class Limits:
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_n: int = MAX_SAMPLES
+    max_tokens: int = 4096         # the most one request may ask for (the model's context cuts it further)
+    max_concurrent: int = 64       # requests in progress; past it, 429
+    max_connections: int = 256     # open sockets; past it, new ones are closed at once
+    idle_timeout: float = 5.0      # seconds a connection may wait before sending a whole request head
+    body_timeout: float = 30.0     # seconds a request body may take to arrive
 
 
-def parse_request(body: dict, default_max_tokens: int) -> tuple[list[dict], int, Sampling]:
-    if not isinstance(body, dict):
-        raise RequestError("the body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list")
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
-                or message.get("role") not in ("system", "user", "assistant"):
-            raise RequestError("each message needs a role (system, user, assistant) and text content")
-    if body.get("stream"):
-        raise RequestError("streaming is not supported; leave 'stream' unset")
-    n = _number(body, "n", 1, 1, MAX_SAMPLES, int)
-    sampling = Sampling(temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-                        top_p=_number(body, "top_p", 1.0, 1e-6, 1.0),
-                        max_tokens=_number(body, "max_tokens", body.get("max_completion_tokens", default_max_tokens),
-                                           1, 1 << 20, int),
-                        seed=_number(body, "seed", None, -(1 << 63), 1 << 63, int))
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return messages, n, sampling
+@dataclass
+class Settings:
+    model_name: str
+    default_max_tokens: int = 512
+    request_timeout: float = 600.0
+    api_key: str | None = None
+    pipeline: bool = False
+    traces: str | None = None      # the pipeline model's trace store (default: $REASONER_HOME/traces.db)
+    batch_window: float = 0.01     # seconds to wait for more requests before a batch starts
+    max_batch_rows: int = 64
+    segment_tokens: int = 16       # tokens per model call; streamed text arrives this many tokens at a time
+    limits: Limits = field(default_factory=Limits)
 
 
-def _number(body: dict, key: str, default, low, high, kind=float):
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise RequestError(f"'{key}' must be a {'whole ' if kind is int else ''}number")
-    if not low <= value <= high:
-        raise RequestError(f"'{key}' must be between {low} and {high}")
-    return kind(value)
+class Service:
+    """What the routes share: the backend, its batcher, the pipeline model, the request slots."""
 
+    def __init__(self, backend: LocalBackend, settings: Settings):
+        self.backend, self.settings, self.limits = backend, settings, settings.limits
+        self.batcher = Batcher(backend, window=settings.batch_window, max_rows=settings.max_batch_rows,
+                               segment_tokens=settings.segment_tokens)
+        self.slots = Slots(self.limits.max_concurrent)
+        self.pool = ThreadPoolExecutor(self.limits.max_concurrent, thread_name_prefix="pipeline")
+        self.pipeline = PipelineModel(BatchedBackend(self.batcher), traces=settings.traces) \
+            if settings.pipeline else None
 
-def completion_response(model: str, generations) -> dict:
-    prompt_tokens = generations[0].prompt_tokens if generations else None
-    completion_tokens = sum(g.completion_tokens or 0 for g in generations)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": g.text},
-                     "finish_reason": g.finish_reason} for i, g in enumerate(generations)],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": (prompt_tokens or 0) + completion_tokens},
-    }
+    @property
+    def models(self) -> list[str]:
+        return [self.settings.model_name] + ([PIPELINE_MODEL] if self.pipeline else [])
 
-
-class ChatHandler(BaseHTTPRequestHandler):
-    server: "ChatServer"
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        if self.path.rstrip("/") in ("/v1/models", "/models"):
-            self._reply(200, {"object": "list", "data": [
-                {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "reasoner"}]})
-        elif self.path.rstrip("/") == "/health":
-            self._reply(200, {"status": "ok"})
-        else:
-            self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}; try /v1/chat/completions", "not_found")
-
-    def do_POST(self):
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-            self._error(HTTPStatus.NOT_FOUND, f"no route {self.path}; try /v1/chat/completions", "not_found")
-            return
+    def parse(self, body: bytes) -> ChatRequest:
         try:
-            messages, n, sampling = parse_request(self._read_json(), self.server.max_tokens)
-            generations = self.server.backend.generate(messages, n, sampling, timeout=self.server.request_timeout)
-        except RequestError as err:
-            self._error(HTTPStatus.BAD_REQUEST, str(err), "invalid_request_error")
-        except BackendError as err:  # e.g. a prompt longer than the model's context: the client's to fix
-            self._error(HTTPStatus.BAD_REQUEST, str(err), "invalid_request_error")
-        except Exception:  # a server bug: logged here, a plain 500 for the client
-            log.exception("chat completion failed")
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the model failed on this request", "server_error")
-        else:
-            self._reply(200, completion_response(self.server.model_name, generations))
+            chat = ChatRequest.model_validate_json(body or b"null")
+        except ValidationError as err:
+            raise Rejected(400, error_message(err, self.limits.max_n)) from None
+        chat.model = chat.model or self.settings.model_name
+        if chat.model not in self.models:
+            raise Rejected(404, f"the model '{chat.model}' does not exist; this server has: {', '.join(self.models)}",
+                           "not_found_error")
+        self._check_size(chat)
+        return chat
 
-    def _read_json(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise RequestError(f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}")
+    def _check_size(self, chat: ChatRequest) -> None:
+        if chat.n > self.limits.max_n:
+            raise Rejected(413, f"'n' is {chat.n}; this server draws at most {self.limits.max_n} per request")
+        asked = chat.requested_tokens(self.settings.default_max_tokens)
+        if asked > self.limits.max_tokens:
+            raise Rejected(413, f"'max_tokens' is {asked}; this server allows at most {self.limits.max_tokens}")
+
+    def model_completion(self, chat: ChatRequest, slot) -> ModelCompletion:
         try:
-            return json.loads(self.rfile.read(length) or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError("the body is not valid JSON") from None
+            _, ids = self.backend.encode(chat.plain_messages())
+            sampling = chat.sampling(self.settings.default_max_tokens)
+            sampling = replace(sampling, max_tokens=self.backend.room(len(ids), sampling.max_tokens))
+        except ReasonerError as err:  # e.g. a prompt longer than the context: the client's to fix
+            slot.release()
+            raise Rejected(400, str(err)) from None
+        deadline = time.monotonic() + self.settings.request_timeout
+        return ModelCompletion(self.batcher, chat, chat.model, ids, sampling, deadline, slot)
 
-    def _error(self, status: HTTPStatus, message: str, kind: str):
-        self._reply(status, {"error": {"message": message, "type": kind, "code": int(status)}})
-
-    def _reply(self, status: int, payload: dict):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format, *args):
-        log.info("%s %s", self.address_string(), format % args)
+    def close(self) -> None:
+        self.batcher.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-class ChatServer(ThreadingHTTPServer):
-    daemon_threads = True
+def create_app(service: Service) -> FastAPI:
+    app = FastAPI(title="reasoner", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
 
-    def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
-                 max_tokens: int = 512, request_timeout: float = 600.0):
-        super().__init__((host, port), ChatHandler)
-        self.backend, self.model_name = backend, model_name or backend.name
-        self.max_tokens, self.request_timeout = max_tokens, request_timeout
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    @app.get("/models")
+    async def models(request: Request):
+        check_key(request, service.settings.api_key)
+        return ModelList(data=[ModelCard(id=name) for name in service.models])
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request):
+        check_key(request, service.settings.api_key)
+        chat = service.parse(await read_body(request, service.limits.max_body_bytes, service.limits.body_timeout))
+        slot = service.slots.take()
+        if chat.model == PIPELINE_MODEL:
+            completion = _pipeline_completion(service, chat, slot)
+        else:
+            completion = service.model_completion(chat, slot)
+        if chat.stream:
+            return StreamingResponse(completion.stream(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        response = await completion.whole()
+        return JSONResponse(response.model_dump(exclude_none=True))
+
+    return app
+
+
+def _pipeline_completion(service: Service, chat: ChatRequest, slot) -> PipelineCompletion:
+    if not any(m.role == "user" and m.content.strip() for m in chat.messages):
+        slot.release()
+        raise Rejected(400, "the pipeline model needs a user message: the problem to solve")
+    return PipelineCompletion(service.pipeline, service.pool, chat, slot)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Rejected)
+    async def rejected(request, err: Rejected):
+        return err.response()
+
+    @app.exception_handler(ReasonerError)
+    async def user_error(request, err: ReasonerError):  # the pipeline refused the problem: the client's to fix
+        return JSONResponse(error_body(str(err), "invalid_request_error", 400), 400)
+
+    @app.exception_handler(HTTPException)
+    async def no_route(request, err: HTTPException):
+        message = f"no route {request.method} {request.url.path}; try POST /v1/chat/completions" \
+            if err.status_code in (404, 405) else str(err.detail)
+        return JSONResponse(error_body(message, "not_found", err.status_code), err.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, err: Exception):  # a server bug: logged here, a plain 500 for the client
+        log.error("chat completion failed", exc_info=err)
+        return JSONResponse(error_body("the model failed on this request", "server_error", 500), 500)
+
+
+class ChatServer:
+    """The server on a socket bound at construction (port 0 picks a free one), run by `serve_forever`."""
+
+    def __init__(self, backend: LocalBackend, host: str = "127.0.0.1", port: int = 8000, *,
+                 model_name: str | None = None, max_tokens: int = 512, request_timeout: float = 600.0, **options):
+        limits = Limits(**options.pop("limits", {}))
+        self.settings = Settings(model_name or backend.name, max_tokens, request_timeout, limits=limits, **options)
+        self.service = Service(backend, self.settings)
+        self.socket = _listening_socket(host, port)
+        config = uvicorn.Config(create_app(self.service), http=guarded_protocol(limits.max_connections),
+                                timeout_keep_alive=limits.idle_timeout, timeout_graceful_shutdown=5,
+                                lifespan="off", access_log=False, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._stopped = threading.Event()
+
+    backend = property(lambda self: self.service.backend)
+    model_name = property(lambda self: self.settings.model_name)
 
     @property
     def base_url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = self.socket.getsockname()[:2]
         return f"http://{host}:{port}/v1"
+
+    def serve_forever(self) -> None:
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._server.should_exit = True
+        self._stopped.wait(timeout=30)
+
+    def server_close(self) -> None:
+        self.service.close()
+        self.socket.close()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)  # connections made before uvicorn starts wait in the backlog rather than being refused
+    return sock

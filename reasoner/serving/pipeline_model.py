@@ -1,0 +1,77 @@
+"""The pipeline as a model: a chat completion to `reasoner-pipeline` runs `Reasoner.solve` on the last user message.
+
+The answer is the content, the whole decomposed trace (as `reasoner traces show` draws it) the reasoning
+content, and the run's trace id comes back beside them. Progress events (plan, vote, step solved, retry) are
+lines of reasoning that a streamed request gets as they happen.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+
+from reasoner.api import Reasoner, Solution
+from reasoner.errors import ReasonerError
+from reasoner.serving.backends import Backend
+from reasoner.serving.schemas import ChatRequest
+from reasoner.traces.render import trace_tree
+from reasoner.traces.store import TraceStore, default_store_path
+
+PIPELINE_MODEL = "reasoner-pipeline"
+
+
+class PipelineModel:
+    def __init__(self, backend: Backend, *, traces: str | Path | None = None, checkpoints: str | Path | None = None):
+        self.backend = backend
+        self.traces = Path(traces) if traces else default_store_path()
+        self.checkpoints = checkpoints
+
+    def solve(self, request: ChatRequest, progress: Callable[[dict], None] | None = None) -> Solution:
+        """One run (a fresh Reasoner per request: runs in parallel threads share no SQLite connection)."""
+        problem = last_user_message(request.plain_messages())
+        with Reasoner(self.backend, checkpoints=self.checkpoints, traces=self.traces) as reasoner:
+            return reasoner.solve(problem, task=request.task, progress=progress, **solve_options(request))
+
+    def trace_text(self, trace_id: str) -> str:
+        with TraceStore.open(self.traces, create=False) as store:
+            trace = store.get(trace_id)
+        out = io.StringIO()
+        Console(file=out, width=120, color_system=None, emoji=False).print(trace_tree(trace, show_think=True))
+        return out.getvalue()
+
+
+def last_user_message(messages: list[dict]) -> str:
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"]
+    raise ReasonerError("the pipeline model needs a user message: the problem to solve")
+
+
+def solve_options(request: ChatRequest) -> dict:
+    """What the request says about sampling, in the pipeline's terms; the rest are the pipeline's defaults."""
+    options = {"temperature": request.temperature, "top_p": request.top_p, "seed": request.seed,
+               "max_tokens": request.max_tokens or request.max_completion_tokens}
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def progress_line(event: dict) -> str:
+    """One line of reasoning for a progress event."""
+    node, step = event.get("node"), event.get("step")
+    retry = f" (retry {event['attempt']})" if event.get("attempt") else ""
+    if node == "plan":
+        return "plan: asking for sub-problems\n"
+    if node == "replan":
+        return f"plan: no majority, asking again{retry}\n"
+    if node == "vote":
+        return f"vote: {event.get('answer')} ({event.get('votes')} of {event.get('samples')} plans)\n"
+    if node == "sample":
+        return f"step {step}: {event.get('question')}{retry}\n"
+    if node == "reflect":
+        return f"step {step}: the check failed, trying again{retry}\n"
+    if node == "solved":
+        return f"step {step}: {event.get('question')} -> {event.get('answer')} [{event.get('status')}]\n"
+    if node == "answer":
+        return f"answer: {event.get('answer')} [{event.get('status')}]\n"
+    return f"{event}\n"
