@@ -1,7 +1,12 @@
 """The Python API: `Reasoner.from_pretrained(path).solve("37+48*3-25")`.
 
 A Reasoner holds a backend and a compiled solving graph checkpointed to SQLite. Each solve is one
-run (its id is also its trace id): interrupted runs can be resumed and their history listed.
+run (its id is also its trace id): interrupted runs can be resumed and their history listed. A run's
+input is made by the graph's `run_input` and its result read by `read_result`; nothing here knows the
+graph's state.
+
+Prompts are rendered in the style the model reads (reasoner.prompts): a checkpoint of ours in its recipe's
+style (compact, or r1), a server behind `from_openai` in the chat style; `prompt_style=` overrides either.
 """
 from __future__ import annotations
 
@@ -12,8 +17,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from langgraph.checkpoint.sqlite import SqliteSaver
+
 from reasoner.errors import ReasonerError
+from reasoner.model import is_checkpoint, read_run_metadata
+from reasoner.pipeline import recording
+from reasoner.pipeline.graph import RunContext, RunResult, build_graph, read_result, run_input
+from reasoner.pipeline.options import SolveOptions
+from reasoner.prompts import recipe_style
+from reasoner.serving.backends import LocalBackend, OpenAIBackend
 from reasoner.tasks.base import Question
+from reasoner.traces.store import default_store_path
 
 KINDS = ("math", "countdown", "code")  # what the pipeline solves: an answer, a certified proposal, a program
 MAX_PROBLEM_CHARS = 50_000
@@ -63,16 +77,12 @@ class Solution:
 
 
 def default_checkpoint_path() -> Path:
-    from reasoner.traces.store import default_store_path
-
     return default_store_path().with_name(CHECKPOINT_FILENAME)
 
 
 class Reasoner:
     def __init__(self, backend, *, checkpoints: str | Path | None = None, traces: str | Path | None = None,
                  **options: Any):
-        from reasoner.pipeline.options import SolveOptions
-
         self.backend = backend
         self.defaults = SolveOptions.of(**options)
         self.checkpoint_path = Path(checkpoints) if checkpoints else default_checkpoint_path()
@@ -81,20 +91,18 @@ class Reasoner:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "Reasoner":
-        """A local checkpoint directory (save_pretrained layout)."""
-        from reasoner.model import is_checkpoint
-        from reasoner.serving.backends import LocalBackend
-
+        """A local checkpoint directory (save_pretrained layout), asked in its recipe's prompt style."""
         if not is_checkpoint(path):
             raise ReasonerError(f"{path}: not a checkpoint directory (no config.json)")
+        kwargs.setdefault("prompt_style", checkpoint_prompt_style(path))
         return cls(LocalBackend.from_pretrained(path), **kwargs)
 
     @classmethod
     def from_openai(cls, base_url: str, model: str, api_key: str | None = None, *, timeout: float = 120.0,
                     **kwargs: Any) -> "Reasoner":
-        """Any OpenAI-compatible chat-completions server, e.g. http://127.0.0.1:8000/v1."""
-        from reasoner.serving.backends import OpenAIBackend
-
+        """Any OpenAI-compatible chat-completions server, e.g. http://127.0.0.1:8000/v1; an instruction-tuned
+        model behind it is told in words what plan and answer to write (the chat prompt style)."""
+        kwargs.setdefault("prompt_style", "chat")
         if not base_url.startswith(("http://", "https://")):
             raise ReasonerError(f"base_url {base_url!r}: expected http://host:port/v1")
         return cls(OpenAIBackend(base_url, model, api_key, timeout), **kwargs)
@@ -113,9 +121,7 @@ class Reasoner:
         task, reference, tests = _check_arguments(task, reference, tests, entry_point, run_id, progress)
         _check_problem(problem, task)
         opts = self.defaults.of(**{**self.defaults.to_dict(), **options})
-        inputs = {"problem": problem.strip(), "task": task, "reference": reference, "tests": list(tests or ()),
-                  "entry_point": entry_point, "options": opts.to_dict(), "results": {}, "drawn": 0, "spans": [],
-                  "events": []}
+        inputs = run_input(Question(problem, task, tuple(tests), entry_point), opts, reference)
         return self._run(inputs, run_id or uuid.uuid4().hex, opts.time_budget, progress)
 
     def solve_many(self, problems: Iterable[Any], **options: Any) -> list[Solution]:
@@ -125,10 +131,15 @@ class Reasoner:
 
     def resume(self, run_id: str, progress: Callable[[dict], None] | None = None) -> Solution:
         """Continue an interrupted run from its last checkpoint (a finished run is just returned)."""
-        state = self.graph.get_state(self._config(run_id)).values
-        if not state:
+        saved = self._result(run_id)
+        if saved is None:
             raise ReasonerError(f"no run {run_id!r} in {self.checkpoint_path}")
-        return self._run(None, run_id, state["options"]["time_budget"], progress)
+        return self._run(None, run_id, saved.options.time_budget, progress)
+
+    def finished(self, run_id: str, elapsed_s: float = 0.0) -> Solution | None:
+        """A finished run's solution, read without running or recording anything; None if it has not finished."""
+        result = self._result(run_id)
+        return None if result is None or result.status is None else _solution(result, run_id, elapsed_s)
 
     def history(self, run_id: str) -> list[dict]:
         """The run's checkpoints, oldest first: step, the nodes due next, time."""
@@ -151,10 +162,6 @@ class Reasoner:
     @property
     def graph(self):
         if self._graph is None:
-            from langgraph.checkpoint.sqlite import SqliteSaver
-
-            from reasoner.pipeline.graph import build_graph
-
             self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(str(self.checkpoint_path), check_same_thread=False)
             self._graph = build_graph(SqliteSaver(connection))
@@ -164,21 +171,21 @@ class Reasoner:
     def _config(run_id: str) -> dict:
         return {"configurable": {"thread_id": run_id}, "recursion_limit": 1000}
 
-    def _run(self, inputs: dict | None, run_id: str, time_budget: float, progress) -> Solution:
-        from reasoner.pipeline import recording
-        from reasoner.pipeline.graph import RunContext
+    def _result(self, run_id: str) -> RunResult | None:
+        return read_result(self.graph.get_state(self._config(run_id)).values)
 
+    def _run(self, inputs: dict | None, run_id: str, time_budget: float, progress) -> Solution:
         config, started = self._config(run_id), time.perf_counter()
         context = RunContext(self.backend, deadline=time.time() + time_budget)
         for _, event in self.graph.stream(inputs, config, context=context, stream_mode="custom", subgraphs=True,
                                           durability="sync"):
             if progress:
                 progress(event)
-        state = self.graph.get_state(config).values
+        result = self._result(run_id)
         elapsed = time.perf_counter() - started
-        trace_id = recording.write_trace(state, run_id=run_id, model=self.backend.name, store_path=self.traces,
+        trace_id = recording.write_trace(result, run_id=run_id, model=self.backend.name, store_path=self.traces,
                                          elapsed_s=elapsed)
-        return _solution(state, trace_id, elapsed)
+        return _solution(result, trace_id, elapsed)
 
     def close(self) -> None:
         if self._graph is not None:
@@ -248,11 +255,16 @@ def _check_problem(problem: Any, task: str) -> None:
         raise ReasonerError(f"task {task!r}: expected one of {', '.join(KINDS)}")
 
 
-def _solution(state: dict, trace_id: str, elapsed: float) -> Solution:
-    results = state.get("results") or {}
-    steps = [SolutionStep(step["id"], r["question"], r["answer"], r["verified"], r["status"], r["attempts"])
-             for step in state.get("plan") or () if (r := results.get(str(step["id"])))]
-    return Solution(problem=state["problem"], answer=state.get("answer"), verified=bool(state.get("verified")),
-                    steps=steps, trace_id=trace_id, status=state.get("status") or "failed", error=state.get("error"),
-                    decomposed=bool(state.get("decomposed")), events=list(state.get("events") or ()),
-                    elapsed_s=round(elapsed, 3), samples_drawn=int(state.get("drawn") or 0))
+def checkpoint_prompt_style(path: str | Path) -> str:
+    """The prompt style a checkpoint was trained with (its recipe's, saved beside it); compact when none was saved."""
+    recipe = read_run_metadata(path).get("recipe") or {}
+    return recipe_style((recipe.get("task") or {}).get("prompt_style", "plain"))
+
+
+def _solution(result: RunResult, trace_id: str, elapsed: float) -> Solution:
+    steps = [SolutionStep(s["id"], s["question"], s["answer"], s["verified"], s["status"], s["attempts"])
+             for s in result.steps]
+    return Solution(problem=result.problem, answer=result.answer, verified=result.verified, steps=steps,
+                    trace_id=trace_id, status=result.status or "failed", error=result.error,
+                    decomposed=result.decomposed, events=result.events, elapsed_s=round(elapsed, 3),
+                    samples_drawn=result.drawn)

@@ -1,26 +1,35 @@
-"""Problems -> TRL datasets. Prompts are rendered with the tokenizer's chat template once, here, so
-SFT, GRPO, evaluation and the pipeline all see exactly the same prompt text."""
-from __future__ import annotations
+"""Problems -> TRL datasets. Prompts are rendered by reasoner.prompts.render, through the tokenizer's chat
+template, once, here, so SFT, GRPO, evaluation and the pipeline all see exactly the same prompt text.
 
-from pathlib import Path
+`style` is a recipe's task.prompt_style: `plain` (the compact prompts, for character-level models) or `r1`
+(the same after DeepSeek-R1's system prompt).
+"""
+from __future__ import annotations
 
 from datasets import Dataset
 
-from reasoner.config import PACKAGE_ROOT
+from reasoner.prompts import read, recipe_style, render
+from reasoner.tasks.arithmetic import arithmetic_plan_examples, arithmetic_step_problems
 from reasoner.tasks.base import Problem, split_of
+from reasoner.tasks.word import plan_text
 
 PROMPT_STYLES = ("plain", "r1")
 
 
 def r1_system_prompt() -> str:
-    return (PACKAGE_ROOT / "prompts" / "r1_system.txt").read_text().strip()
+    return read("r1_system.txt").strip()
 
 
 def render_prompt(question: str, tokenizer, style: str = "plain") -> str:
-    """`plain`: the question alone (compact for character-level models); `r1`: DeepSeek-R1's template."""
-    messages = [{"role": "user", "content": question}]
-    if style == "r1":
-        messages.insert(0, {"role": "system", "content": r1_system_prompt()})
+    """The solver's prompt: `plain`, the question alone; `r1`, after DeepSeek-R1's system prompt."""
+    return _chat(render("solve", recipe_style(style), question=question), tokenizer)
+
+
+def _plan_prompt(question: str, tokenizer, style: str) -> str:
+    return _chat(render("plan", recipe_style(style), problem=question), tokenizer)
+
+
+def _chat(messages: list[dict], tokenizer) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
@@ -43,23 +52,17 @@ def _cold_start_target(problem: Problem, direct_fraction: float) -> str:
 def plan_rows(problems: list[Problem], tokenizer, style: str = "plain") -> list[dict]:
     """SFT rows for the pipeline's two roles on these problems: the planner's JSON sub-problems, and the
     solver's worked answer to each distinct planned step, earlier results written in."""
-    from reasoner.pipeline.plans import arithmetic_plan_examples, arithmetic_step_problems
-
-    plans = [_row(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), target, tokenizer)
-             for messages, target in arithmetic_plan_examples(problems)]
+    plans = [_row(_plan_prompt(question, tokenizer, style), target, tokenizer)
+             for question, target in arithmetic_plan_examples(problems)]
     steps = [_row(render_prompt(step.question, tokenizer, style), step.target(), tokenizer)
              for step in arithmetic_step_problems(problems)]
     return plans + steps
 
 
-def word_plan_rows(problems: list[Problem], tokenizer) -> list[dict]:
+def word_plan_rows(problems: list[Problem], tokenizer, style: str = "plain") -> list[dict]:
     """SFT rows for the pipeline's planner on word problems: the question in the planner prompt, and the plan
     the worked trace follows (`["7+5","{}-4"]`), which the pipeline's calculator then computes."""
-    from reasoner.pipeline.plans import plan_messages
-    from reasoner.tasks.word import plan_text
-
-    return [_row(tokenizer.apply_chat_template(plan_messages(p.question), add_generation_prompt=True, tokenize=False),
-                 plan_text(p), tokenizer) for p in problems]
+    return [_row(_plan_prompt(p.question, tokenizer, style), plan_text(p), tokenizer) for p in problems]
 
 
 def _row(prompt: str, target: str, tokenizer) -> dict:

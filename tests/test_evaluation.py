@@ -11,12 +11,13 @@ from reasoner.evaluation.compare import PipelineSettings, compare_task, solve_th
 from reasoner.evaluation.controls import BlindBackend
 from reasoner.evaluation.grading import grade_many
 from reasoner.evaluation.summary import write_summary
+from reasoner.prompts import render
 from reasoner.serving.backends import ScriptedBackend
-from reasoner.pipeline.prompts import render
 from reasoner.tasks import get_task
 from reasoner.tasks.word import plan_text
+from reasoner.verify import check_code
 
-PLAN_CUE = render("plan", problem="")
+PLAN_CUE = render("plan", "compact", problem="")[0]["content"]
 
 
 def careless_planner(problems):
@@ -86,8 +87,6 @@ def test_the_grader_reads_hidden_tests_the_solver_never_gets():
     calls = [e.removeprefix("assert ").split(" == ") for e in problem.examples]
     table = ", ".join(f"{call.removeprefix('f(').removesuffix(')')!r}: {value}" for call, value in calls)
     fitted = f"<answer>def f(xs):\n    return {{{table}}}.get(repr(xs), 0)</answer>"
-    from reasoner.verify import check_code
-
     assert check_code(fitted, list(problem.examples), "f") == 1.0
     assert grade_many([problem], [fitted]) == [False]
     assert grade_many([problem], [f"<answer>{problem.answer}</answer>"]) == [True]

@@ -8,11 +8,13 @@ import threading
 import pytest
 
 from reasoner.api import Reasoner
+from reasoner.errors import ReasonerError
+from reasoner.prompts import render
 from reasoner.serving.backends import BackendError, ScriptedBackend
-from reasoner.pipeline.prompts import render
+from reasoner.tasks import get_task
 from reasoner.traces.store import TraceStore
 
-PLAN_CUE = render("plan", problem="")  # the planner prompt is the problem, then this
+PLAN_CUE = render("plan", "compact", problem="")[0]["content"]  # the planner prompt is the problem, then this
 COUNTDOWN = "Using the numbers [2, 3, 7], make 23. Use + - * / and each number exactly once."
 
 
@@ -128,8 +130,8 @@ def test_a_failed_check_is_retried_with_the_failure_fed_back_and_bounded(make, t
     reasoner = make(model, retries=2)
     solution = reasoner.solve(COUNTDOWN, task="countdown")
     assert len(reasoner.backend.calls) == 3  # one attempt and two retries, then it stops
-    retry = render("reflect", question=COUNTDOWN, answer="3*7-2", feedback="3*7-2 = 19, not 23")
-    assert reasoner.backend.calls[1][0][-1]["content"] == retry
+    retry = render("reflect", "compact", question=COUNTDOWN, answer="3*7-2", feedback="3*7-2 = 19, not 23")
+    assert reasoner.backend.calls[1][0] == retry
     assert (solution.answer, solution.verified, solution.status) == ("3*7-2", False, "rejected")
     assert solution.steps[0].attempts == 3 and solution.samples_drawn == 9
     reflects = [span for _, span in trace_of(solution, tmp_path).walk() if span.name == "reflect"]
@@ -162,8 +164,6 @@ def test_code_is_run_on_the_examples_the_problem_shows(make, tmp_path):
 
 
 def test_solve_many_hands_the_solver_only_what_the_problem_shows(make):
-    from reasoner.tasks import get_task
-
     problem = get_task("code").problems("heldout", 1, level=1)[0]
     seen: list[list[dict]] = []
 
@@ -251,8 +251,6 @@ def test_interrupted_run_resumes_from_its_checkpoint(make, tmp_path):
 
 
 def test_resuming_an_unknown_run_is_a_clear_error(make):
-    from reasoner.errors import ReasonerError
-
     with pytest.raises(ReasonerError, match="no run 'nope'"):
         make(Model()).resume("nope")
 

@@ -5,11 +5,14 @@ import re
 import jsonschema
 import pytest
 
+from reasoner.pipeline.plans import PlanError, parse_plan, ready_steps, substitute
+from reasoner.prompts import plan_schema, render
+from reasoner.rl.data import plan_rows, word_plan_rows
+from reasoner.tasks.arithmetic import (ArithmeticTask, arithmetic_plan, arithmetic_plan_examples, arithmetic_split,
+                                       arithmetic_step_problems, plan_text)
+from reasoner.tasks.word import WordTask, plan_text as word_plan
+from reasoner.tokenizer import builtin_tokenizer
 from reasoner.verify import calculate as recompute
-from reasoner.pipeline.plans import (PlanError, arithmetic_plan, arithmetic_plan_examples, arithmetic_split,
-                                     arithmetic_step_problems, parse_plan, plan_text, ready_steps, substitute)
-from reasoner.pipeline.prompts import PROMPTS_DIR, plan_schema, render
-from reasoner.tasks.arithmetic import ArithmeticTask
 
 
 def run_plan(steps) -> str:
@@ -37,11 +40,11 @@ def test_plan_reads_left_to_right_with_products_first():
 
 def test_sft_examples_are_every_planner_call_with_a_schema_valid_target():
     examples = arithmetic_plan_examples(["3+4-2+5", "1+4-2+5"])
-    assert [(m[0]["content"], target) for m, target in examples] == [
-        (render("plan", problem="3+4-2+5"), '["3+4","{}-2+5"]'), (render("plan", problem="{}-2+5"), '["{}-2","{}+5"]'),
-        (render("plan", problem="{}+5"), '["{}+5"]'),  # one operation: nothing left to split
-        (render("plan", problem="1+4-2+5"), '["1+4","{}-2+5"]')]  # its tail is already there
-    for messages, target in arithmetic_plan_examples(ArithmeticTask().problems("train", 5, level=8)):
+    assert examples == [
+        ("3+4-2+5", '["3+4","{}-2+5"]'), ("{}-2+5", '["{}-2","{}+5"]'),
+        ("{}+5", '["{}+5"]'),  # one operation: nothing left to split
+        ("1+4-2+5", '["1+4","{}-2+5"]')]  # its tail is already there
+    for question, target in arithmetic_plan_examples(ArithmeticTask().problems("train", 5, level=8)):
         jsonschema.validate(json.loads(target), plan_schema())
         assert " " not in target  # compact: the planner pays per character
 
@@ -67,12 +70,6 @@ def test_step_problems_are_the_planned_steps_with_results_written_in():
     steps = arithmetic_step_problems(["3-9-7+5", "3-9+1"])
     assert [(s.question, s.answer) for s in steps] == [("3-9", "-6"), ("-6-7", "-13"), ("-13+5", "-8"), ("-6+1", "-5")]
     assert steps[1].target() == "<think>-6-7=-13</think><answer>-13</answer>"
-
-def test_prompt_files_exist_for_every_role():
-    for role in ("plan", "solve", "repair", "reflect"):
-        assert (PROMPTS_DIR / f"{role}.txt").read_text().strip()
-    assert render("solve", question="{1}+2") == "{1}+2"  # braces in problems are left alone
-
 
 @pytest.mark.parametrize("text, message", [
     ("no json here", "no JSON list"),
@@ -112,9 +109,6 @@ def test_calculator_handles_arithmetic_only():
 
 
 def test_sft_rows_teach_both_pipeline_roles():
-    from reasoner.rl.data import plan_rows
-    from reasoner.tokenizer import builtin_tokenizer
-
     rows = plan_rows(["3-9-7", "3-9+1"], builtin_tokenizer())
     assert [(r["prompt"], r["completion"]) for r in rows] == [
         ("<|user|>3-9-7\nplan:<|assistant|>", '["3-9","{}-7"]<eos>'),
@@ -127,13 +121,9 @@ def test_sft_rows_teach_both_pipeline_roles():
 
 
 def test_word_plan_rows_teach_the_planner_the_trace_steps():
-    from reasoner.rl.data import word_plan_rows
-    from reasoner.tasks.word import WordTask, plan_text as word_plan
-    from reasoner.tokenizer import builtin_tokenizer
-
     problems = WordTask().problems("train", 3, level=3)
     rows = word_plan_rows(problems, builtin_tokenizer())
     for problem, row in zip(problems, rows):
-        assert row["prompt"] == f"<|user|>{render('plan', problem=problem.question)}<|assistant|>"
+        assert row["prompt"] == f"<|user|>{render('plan', 'compact', problem=problem.question)[0]['content']}<|assistant|>"
         assert row["completion"] == word_plan(problem) + "<eos>"
         jsonschema.validate(json.loads(word_plan(problem)), plan_schema())

@@ -7,10 +7,14 @@ import pytest
 from reasoner.errors import ReasonerError
 from reasoner.evaluation.grading import grade, grade_many
 from reasoner.evaluation.metrics import voted_completion
-from reasoner.rl.rewards import accuracy_reward
+from reasoner.pipeline.plans import parse_plan, substitute
+from reasoner.rl.data import r1_system_prompt, render_prompt
+from reasoner.rl.rewards import accuracy_reward, code_reward
 from reasoner.tasks import get_task
-from reasoner.tasks.real import data_dir
-from reasoner.verify import check_code_many, countdown_correct
+from reasoner.tasks.real import PACKAGED_DATA, Math500Task, data_dir
+from reasoner.tasks.word import plan_text
+from reasoner.verify import calculate, check_code_many, countdown_correct
+from reasoner.verify.countdown import evaluate_expression
 
 GENERATED = ("arithmetic", "countdown", "code", "word")
 
@@ -88,8 +92,6 @@ def test_countdown_checker_accepts_any_valid_solution(expression):
 
 @pytest.mark.parametrize("expression", ["-2+3*7", "2**3", "+7", "True+2", "1.5*2", "abs(-3)", "[1][0]", "a.b"])
 def test_countdown_evaluator_only_knows_integers_and_four_operators(expression):
-    from reasoner.verify.countdown import evaluate_expression
-
     assert evaluate_expression(expression) is None
 
 
@@ -137,10 +139,6 @@ def test_code_problems_show_two_examples_and_keep_five_disjoint_tests_hidden():
 
 
 def test_word_problems_are_prose_whose_plan_the_calculator_computes():
-    from reasoner.pipeline.plans import parse_plan, substitute
-    from reasoner.tasks.word import plan_text
-    from reasoner.verify import calculate
-
     task = get_task("word")
     for level in task.levels:
         for p in task.problems("train", 30, level=level):
@@ -161,8 +159,6 @@ def needs_data(test):  # the sets ship with the package (reasoner/data/), so the
 
 
 def test_real_data_ships_with_the_package(monkeypatch):
-    from reasoner.tasks.real import PACKAGED_DATA
-
     monkeypatch.delenv("REASONER_DATA", raising=False)
     assert data_dir() == PACKAGED_DATA and PACKAGED_DATA.parts[-2:] == ("reasoner", "data")
     for name, rows in (("gsm8k_test.jsonl", 1319), ("math500_test.jsonl", 500)):
@@ -198,8 +194,6 @@ def test_real_data_is_a_test_set_and_samples_are_seeded():
 
 
 def test_missing_data_is_a_user_error(monkeypatch, tmp_path):
-    from reasoner.tasks.real import Math500Task
-
     monkeypatch.setenv("REASONER_DATA", str(tmp_path))
     Math500Task.load.cache_clear()
     with pytest.raises(ReasonerError, match="REASONER_DATA"):
@@ -218,8 +212,6 @@ def test_humaneval_loads_and_canonical_solutions_pass():
 
 
 def test_prompt_styles_default_by_kind_of_task(tiny):
-    from reasoner.rl.data import render_prompt, r1_system_prompt
-
     _, tokenizer = tiny
     assert get_task("countdown").prompt_style == "plain" and get_task("gsm8k").prompt_style == "r1"
     assert r1_system_prompt() in render_prompt("What is 2+2?", tokenizer, get_task("math500").prompt_style)
@@ -227,8 +219,6 @@ def test_prompt_styles_default_by_kind_of_task(tiny):
 
 def test_rewards_split_by_whether_a_row_has_tests():
     """Programs (built-in code tasks and HumanEval rows alike) are scored by their tests, answers by equality."""
-    from reasoner.rl.rewards import code_reward
-
     program = "<think></think><answer>def add(a, b):\n    return a + b</answer>"
     tests = [["assert add(2, 3) == 5"], ["assert add(2, 3) == 5"], []]
     kwargs = dict(tests=tests, entry_point=["add", "add", ""], task=["code", "humaneval", "arithmetic"])

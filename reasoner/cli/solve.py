@@ -174,12 +174,7 @@ def _checkpoint_errors(reasoner, run_id: str, call):
 
 
 def _finished_solution(reasoner, run_id: str, elapsed: float):
-    from reasoner.api import _solution
-
-    state = reasoner.graph.get_state(reasoner._config(run_id)).values
-    if not state or state.get("status") is None:
-        return None
-    return _solution(state, run_id, elapsed)
+    return reasoner.finished(run_id, elapsed)
 
 
 def _problem(args) -> str:

@@ -18,8 +18,8 @@ from reasoner.evaluation.controls import BlindBackend
 from reasoner.evaluation.grading import as_completion, grade_many
 from reasoner.evaluation.metrics import bootstrap, mean, voted_completion
 from reasoner.serving.backends import Backend, Sampling
-from reasoner.pipeline.prompts import render, user
 from reasoner.progress import progress
+from reasoner.prompts import render
 from reasoner.tasks.base import Problem
 
 
@@ -81,7 +81,7 @@ def solve_through_pipeline(backend: Backend, problems: Sequence[Problem], settin
 def many_texts(backend: Backend, problems: Sequence[Problem], n: int, temperature: float, max_tokens: int,
                seed: int, description: str | None) -> list[list[str]]:
     """n completions of each problem's plain question (the direct prompt), one batched call per problem."""
-    return [[g.text for g in backend.generate(user(render("solve", question=p.question)), n,
+    return [[g.text for g in backend.generate(render("solve", "compact", question=p.question), n,
                                               Sampling(temperature, max_tokens=max_tokens, seed=seed + i))]
             for i, p in enumerate(progress(problems, description, total=len(problems)))]
 

@@ -24,6 +24,10 @@ when `feedback` is on.
 
 The backend and the deadline come in the run context; everything else is state, so a run checkpointed
 by the SQLite saver resumes where it stopped and still yields one complete trace.
+
+The graph declares what goes in and what comes out (`RunInput`, `RunOutput`): `run_input` makes a run's
+input from a Question and its options, and `read_result` reads a run's output into a `RunResult`. Callers
+(reasoner.api, the trace recorder) use those two and nothing else of the state.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import operator
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Mapping, TypedDict
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
@@ -39,10 +43,11 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from reasoner.pipeline import checks, recording
-from reasoner.serving.backends import Backend, BackendError, Generation
 from reasoner.pipeline.options import SolveOptions
-from reasoner.pipeline.plans import PlanError, Step, parse_plan, plan_messages, ready_steps, substitute
-from reasoner.pipeline.prompts import render, user
+from reasoner.pipeline.plans import PlanError, Step, parse_plan, ready_steps, substitute
+from reasoner.prompts import render
+from reasoner.serving.backends import Backend, BackendError, Generation
+from reasoner.tasks.base import Question
 from reasoner.verify import answers_equal, calculate, majority, same_text
 
 
@@ -59,11 +64,38 @@ class RunContext:
         return self.deadline - time.time()
 
 
-class RunState(TypedDict, total=False):
+class RunInput(TypedDict):
+    """What a run starts from (run_input makes it): the question as a user has it, and the options."""
     problem: str
     task: str                     # "math", "countdown" or "code" (a Question's kind)
     reference: str | None         # a known answer to check against, when the caller has one
     tests: list[str]              # code: the examples the problem shows, as asserts
+    entry_point: str | None
+    options: dict                 # SolveOptions.to_dict(): in the state, so a resume uses the same
+
+
+class RunOutput(TypedDict, total=False):
+    """What a run yields (read_result reads it)."""
+    problem: str
+    task: str
+    options: dict
+    plan: list[dict]
+    results: dict[str, dict]
+    decomposed: bool
+    answer: str | None
+    verified: bool
+    status: str
+    error: str | None
+    events: list[str]
+    drawn: int
+    spans: list[dict]
+
+
+class RunState(TypedDict, total=False):
+    problem: str
+    task: str
+    reference: str | None
+    tests: list[str]
     entry_point: str | None
     options: dict
     plan: list[dict]
@@ -77,6 +109,44 @@ class RunState(TypedDict, total=False):
     verified: bool
     status: str                   # verified | unverified (nothing could check it) | rejected | failed | timeout
     error: str | None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A run's output, as its callers need it."""
+    problem: str
+    task: str
+    options: SolveOptions
+    planned: int                  # steps in the plan
+    steps: list[dict]             # the solved ones: {id, question (results written in), answer, verified, status, attempts}
+    answer: str | None
+    verified: bool
+    status: str | None            # verified | unverified | rejected | failed | timeout; None: not finished
+    error: str | None
+    decomposed: bool
+    events: list[str]
+    drawn: int                    # model completions drawn, planner calls included
+    spans: list[dict]             # the trace's spans, as plain dicts (pipeline/recording.py)
+
+
+def run_input(question: Question, options: SolveOptions, reference: str | None = None) -> RunInput:
+    return {"problem": question.text.strip(), "task": question.kind, "reference": reference,
+            "tests": list(question.examples), "entry_point": question.entry_point, "options": options.to_dict()}
+
+
+def read_result(values: Mapping[str, Any]) -> RunResult | None:
+    """The run's output from its saved state (graph.get_state(config).values); None when there is no run."""
+    if not values:
+        return None
+    out: RunOutput = {key: values[key] for key in RunOutput.__annotations__ if key in values}
+    plan, results = out.get("plan") or [], out.get("results") or {}
+    steps = [{"id": step["id"], **{k: r[k] for k in ("question", "answer", "verified", "status", "attempts")}}
+             for step in plan if (r := results.get(str(step["id"])))]
+    return RunResult(problem=out["problem"], task=out.get("task", "math"), options=SolveOptions(**out["options"]),
+                     planned=len(plan), steps=steps, answer=out.get("answer"), verified=bool(out.get("verified")),
+                     status=out.get("status"), error=out.get("error"), decomposed=bool(out.get("decomposed")),
+                     events=list(out.get("events") or ()), drawn=int(out.get("drawn") or 0),
+                     spans=list(out.get("spans") or ()))
 
 
 class StepState(TypedDict, total=False):
@@ -136,7 +206,8 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
     spans, plans, drawn = [], [], 0
     for attempt in range(options.retries + 1):
         try:
-            generations = _ask(runtime, plan_messages(state["problem"]), options.samples, options.sampling(attempt))
+            messages = render("plan", options.prompt_style, problem=state["problem"])
+            generations = _ask(runtime, messages, options.samples, options.sampling(attempt))
         except BackendError as err:
             spans.append(recording.event("plan", str(err), attempt=attempt))
             break
@@ -235,11 +306,11 @@ def sample(state: StepState, runtime: Runtime[RunContext]) -> dict:
     options, attempt = _options(state), state["attempt"]
     progress(node="sample", step=state["step_id"], question=state["question"], attempt=attempt)
     feedback = state.get("feedback") if options.feedback else None
-    content = render("reflect", question=state["question"], **feedback) if feedback else \
-        render("solve", question=state["question"])
+    messages = render("reflect", options.prompt_style, question=state["question"], **feedback) if feedback else \
+        render("solve", options.prompt_style, question=state["question"])
     sampling = options.sampling(attempt)
     try:
-        generations = _ask(runtime, user(content), options.samples, sampling)
+        generations = _ask(runtime, messages, options.samples, sampling)
     except BackendError as err:
         return {"samples": [], "events": [f"step {state['step_id']}: {err}"],
                 "step_spans": [recording.event("sample", str(err), attempt=attempt)]}
@@ -367,7 +438,7 @@ def _status(state: RunState, last: dict, statuses: list[str]) -> str:
 
 
 def build_graph(checkpointer=None):
-    builder = StateGraph(RunState, context_schema=RunContext)
+    builder = StateGraph(RunState, context_schema=RunContext, input_schema=RunInput, output_schema=RunOutput)
     builder.add_node(plan)
     builder.add_node(schedule)
     builder.add_node("solve_step", build_step_graph())

@@ -6,7 +6,8 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 
 from reasoner.errors import ReasonerError
-from reasoner.serving.backends import Sampling
+from reasoner.prompts import STYLES
+from reasoner.sampling import Sampling
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class SolveOptions:
     feedback: bool = True        # a retry shows the failed answer and why; off: it asks the question afresh
     time_budget: float = 300.0   # seconds for the whole run; past it no new retries or steps start
     seed: int | None = None
+    prompt_style: str = "compact"  # reasoner.prompts.STYLES: compact/r1 (our checkpoints), chat (instruction-tuned)
 
     _LIMITS = {"samples": (1, 64), "retries": (0, 10), "temperature": (0.0, 2.0), "top_p": (1e-6, 1.0),
                "max_tokens": (1, 65536), "time_budget": (0.001, 86400.0)}
@@ -40,6 +42,8 @@ class SolveOptions:
             if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
                 raise ReasonerError(f"option seed={self.seed!r}: expected a whole number or none")
             object.__setattr__(self, "seed", int(self.seed))
+        if self.prompt_style not in STYLES:
+            raise ReasonerError(f"option prompt_style={self.prompt_style!r}: expected one of {', '.join(STYLES)}")
         for name in ("decompose", "verify", "feedback"):
             if not isinstance(getattr(self, name), bool):
                 raise ReasonerError(f"option {name}={getattr(self, name)!r}: expected true or false")

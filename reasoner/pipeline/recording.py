@@ -39,13 +39,13 @@ def event(name: str, message: str, **attributes: Any) -> dict:
     return node(name, status="error", error=message, kind="other", **attributes)
 
 
-def write_trace(state: dict, *, run_id: str, model: str, store_path=None, elapsed_s: float) -> str:
-    spans = sorted((Span.from_dict(s) for s in state.get("spans", ())), key=lambda s: s.start or 0.0)
-    trace = Trace(source="pipeline", task=state.get("task", "math"), model=model, prompt=state["problem"],
-                  correct=state.get("verified"), spans=spans, id=run_id, metadata={
-                      "answer": state.get("answer"), "status": state.get("status"), "elapsed_s": round(elapsed_s, 3),
-                      "options": state.get("options", {}), "events": state.get("events", []),
-                      "steps": len(state.get("plan") or ())})
+def write_trace(result, *, run_id: str, model: str, store_path=None, elapsed_s: float) -> str:
+    """One trace for a run, from its RunResult (pipeline/graph.py read_result)."""
+    spans = sorted((Span.from_dict(s) for s in result.spans), key=lambda s: s.start or 0.0)
+    trace = Trace(source="pipeline", task=result.task, model=model, prompt=result.problem, correct=result.verified,
+                  spans=spans, id=run_id, metadata={
+                      "answer": result.answer, "status": result.status, "elapsed_s": round(elapsed_s, 3),
+                      "options": result.options.to_dict(), "events": result.events, "steps": result.planned})
     with TraceStore.open(store_path) as store:
         if not store.count(ids=[run_id]):  # asking a finished run again must not write it twice
             store.add(trace)
