@@ -7,6 +7,7 @@ another architecture). Both honour `sampling.stop` and a timeout, and report why
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass, replace
 
@@ -18,6 +19,8 @@ from reasoner.rollout import RolloutEngine
 from reasoner.sampling import Sampling
 
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
 
 
 @dataclass
@@ -41,11 +44,18 @@ def engine_for(model, tokenizer):
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], sampling: Sampling, num_samples: int = 1,
              timeout: float | None = None) -> list[Output]:
-    """num_samples completions per prompt, prompt-major. `timeout` (seconds) ends decoding early ("length")."""
-    engine = engine_for(model, tokenizer)
-    if engine is not None:
-        return _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout)
-    return _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout)
+    """num_samples completions per prompt, prompt-major. `timeout` (seconds) ends decoding early ("length").
+    Thread-safe: calls on one model take turns (the engine has one cache)."""
+    with _lock_for(model):
+        engine = engine_for(model, tokenizer)
+        if engine is not None:
+            return _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout)
+        return _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout)
+
+
+def _lock_for(model) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(model, threading.Lock())
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:

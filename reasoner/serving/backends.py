@@ -47,12 +47,11 @@ class Backend:
 
 
 class LocalBackend(Backend):
-    """A transformers checkpoint in this process, run by reasoner.generation. One lock: callers take turns."""
+    """A transformers checkpoint in this process, run by reasoner.generation (where callers take turns)."""
 
     def __init__(self, model, tokenizer, name: str = "local"):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.context = getattr(model.config, "max_position_embeddings", None)
-        self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "LocalBackend":
@@ -74,9 +73,8 @@ class LocalBackend(Backend):
 
     def generate_ids(self, prompt_ids: list[list[int]], sampling: Sampling, n: int = 1,
                      timeout: float | None = None) -> list[Output]:
-        """n completions per prompt, prompt-major, under the model lock (the engine has one cache)."""
-        with self._lock:
-            return generation.generate(self.model, self.tokenizer, prompt_ids, sampling, n, timeout)
+        """n completions per prompt, prompt-major."""
+        return generation.generate(self.model, self.tokenizer, prompt_ids, sampling, n, timeout)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -52,7 +52,8 @@ def last_user_message(messages: list[dict]) -> str:
 def solve_options(request: ChatRequest) -> dict:
     """What the request says about sampling, in the pipeline's terms; the rest are the pipeline's defaults."""
     options = {"temperature": request.temperature, "top_p": request.top_p, "seed": request.seed,
-               "max_tokens": request.max_tokens or request.max_completion_tokens}
+               "max_tokens": request.max_tokens or request.max_completion_tokens, "samples": request.samples,
+               "retries": request.retries}
     return {name: value for name, value in options.items() if value is not None}
 
 

@@ -35,7 +35,9 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict | None = None
-    task: Literal["math", "countdown", "code"] | None = None   # the pipeline model's problem kind
+    task: Literal["math", "countdown", "code"] | None = None   # the pipeline model's problem kind,
+    samples: int | None = Field(None, ge=1, le=64)              # samples per (sub-)problem,
+    retries: int | None = Field(None, ge=0, le=10)              # and retry rounds (default: the pipeline's)
 
     def requested_tokens(self, default: int) -> int:
         return self.max_tokens or self.max_completion_tokens or default
@@ -55,7 +57,7 @@ class ChatRequest(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
-WHOLE_NUMBERS = {"n", "top_k", "max_tokens", "max_completion_tokens", "seed"}
+WHOLE_NUMBERS = {"n", "top_k", "max_tokens", "max_completion_tokens", "seed", "samples", "retries"}
 WORDING = {"stream": "true or false", "model": "a string", "stop": "a string or a list of strings",
            "stream_options": "an object", "task": "one of math, countdown, code"}
 
