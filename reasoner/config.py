@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,6 @@ import jsonschema
 import yaml
 
 from reasoner.errors import ConfigError
-
-# configs/ and prompts/ ship inside the package (reasoner/configs in a wheel, a symlink in the repo).
-PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
 class _Loader(yaml.SafeLoader):
@@ -33,8 +31,9 @@ def parse_yaml(text: str):
 
 
 def packaged_config(kind: str, name: str) -> Path:
-    """Path of a config shipped with the package, e.g. packaged_config("models", "tiny")."""
-    return PACKAGE_ROOT / "configs" / kind / f"{name}.yaml"
+    """Path of a config shipped with the package (configs/ is package data, reasoner.configs), e.g.
+    packaged_config("models", "tiny")."""
+    return Path(files("reasoner.configs") / kind / f"{name}.yaml")
 
 
 def resolve_config_path(kind: str, name_or_path: str | Path) -> Path:

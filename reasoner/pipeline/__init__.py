@@ -1,4 +1,4 @@
-"""reasoner.pipeline: decomposed, checked solving (LangGraph), behind reasoner.api.Reasoner.
+"""reasoner.pipeline: decomposed, checked solving (LangGraph), behind the Python API's Reasoner.
 
 The rule. At solve time the pipeline uses only what a user has:
 - the problem's text;
@@ -11,7 +11,8 @@ checked only when the caller has one and passes it; no benchmark, demo or test o
 answers and hidden tests live in reasoner.evaluation.grading alone, and what a solver receives (a
 `Question`) has no field for either.
 
-graph.py (nodes, edges), plans.py (plan format), checks.py (verdicts, under the rule above),
-recording.py (the trace). The model behind it is a reasoner.serving backend.
-Nothing heavy is imported here.
+graph.py (nodes, edges; the run's declared input and output), plans.py (plan format), checks.py (verdicts,
+under the rule above), options.py (solve options), recording.py (the trace). The model behind it is a
+reasoner.serving backend; its prompts are reasoner.prompts, in the style that model reads; the tasks' own
+reference plans are in reasoner.tasks. Nothing heavy is imported here.
 """

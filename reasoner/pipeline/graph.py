@@ -27,7 +27,7 @@ by the SQLite saver resumes where it stopped and still yields one complete trace
 
 The graph declares what goes in and what comes out (`RunInput`, `RunOutput`): `run_input` makes a run's
 input from a Question and its options, and `read_result` reads a run's output into a `RunResult`. Callers
-(reasoner.api, the trace recorder) use those two and nothing else of the state.
+(the Python API, the trace recorder) use those two and nothing else of the state.
 """
 from __future__ import annotations
 
