@@ -3,7 +3,9 @@
 - uvicorn's h11 protocol arms its idle timer only after a response, so a socket that never sends a request
   stayed open forever, and any byte reset the timer. `GuardedH11` arms it when the connection opens and keeps
   it until a whole request head has arrived, and refuses connections past a cap.
-- h11 itself rejects a bad Content-Length (-1, two values) with a 400 and closes the connection.
+- h11 itself rejects a bad Content-Length (-1, two values) with a 400 and closes the connection. A request with
+  both Content-Length and Transfer-Encoding (a proxy and this server could frame it differently: smuggling)
+  gets a 400 that closes the connection (`AmbiguousFraming`), as RFC 9112 6.3 asks.
 - `read_body` rejects a body over the limit before reading it (Content-Length) or as soon as it passes the
   limit (chunked), with a 413 that closes the connection, so the rest of a rejected body is never read as the
   next request; a body that trickles in slower than `body_timeout` gets a 408.
@@ -40,6 +42,21 @@ class GuardedH11(H11Protocol):
     def timeout_keep_alive_handler(self) -> None:
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class AmbiguousFraming:
+    """ASGI middleware: refuse a request that declares both Content-Length and Transfer-Encoding."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        names = {name for name, _ in scope.get("headers", ())}
+        if scope["type"] == "http" and {b"content-length", b"transfer-encoding"} <= names:
+            rejected = Rejected(400, "a request may not have both Content-Length and Transfer-Encoding", close=True)
+            await rejected.response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def guarded_protocol(max_connections: int) -> type[GuardedH11]:

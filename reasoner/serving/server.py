@@ -25,7 +25,7 @@ from reasoner.errors import ReasonerError
 from reasoner.serving.backends import LocalBackend
 from reasoner.serving.batcher import BatchedBackend, Batcher
 from reasoner.serving.completions import ModelCompletion, PipelineCompletion
-from reasoner.serving.guards import Rejected, Slots, check_key, guarded_protocol, read_body
+from reasoner.serving.guards import AmbiguousFraming, Rejected, Slots, check_key, guarded_protocol, read_body
 from reasoner.serving.pipeline_model import PIPELINE_MODEL, PipelineModel
 from reasoner.serving.schemas import ChatRequest, ModelCard, ModelList, error_body, error_message
 
@@ -113,6 +113,7 @@ class Service:
 
 def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="reasoner", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(AmbiguousFraming)
     _add_error_handlers(app)
 
     @app.get("/health")
