@@ -6,6 +6,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Protocol
 
+from reasoner.errors import ReasonerError
+
 SPLITS = ("train", "validation", "heldout")
 # What a solver is asked to do, by task: "math" (an answer to vote on), "countdown" (a proposal the
 # question's own numbers and target certify), "code" (a program run on the examples the problem shows).
@@ -78,8 +80,6 @@ def split_of(canonical: str, heldout_percent: int = 10, validation_percent: int 
 
 def check_split(split: str) -> None:
     if split not in SPLITS:
-        from reasoner.errors import ReasonerError
-
         raise ReasonerError(f"unknown split '{split}'; expected one of {', '.join(SPLITS)}")
 
 
