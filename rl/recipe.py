@@ -106,6 +106,28 @@ class GRPOStage:
 
 
 @dataclass
+class RejectionStage:
+    """R1's stage 3 (rl/rejection.py): k samples per train problem from the previous checkpoint, kept when the
+    grader passes them (gold answers are allowed on the train split), deduplicated, filtered by length and
+    format; the next `sft` stage trains on what is kept, for `sft_max_steps` steps (None: sft.max_steps)."""
+    levels: list[int] = _f([1])
+    n_problems: int = _f(1000, minimum=1)          # train problems sampled
+    samples: int = _f(8, minimum=1)                # k completions per problem
+    temperature: float = _f(1.0, minimum=0)
+    top_p: float = _f(1.0, exclusiveMinimum=0, maximum=1)
+    max_new_tokens: int = _f(96, minimum=1)
+    max_chars: int = _f(512, minimum=1)            # longer completions are dropped
+    require_format: bool = _f(True)                # the answer must parse
+    per_problem: int = _f(4, minimum=1)            # distinct kept completions per problem, at most
+    chunk_size: int = _f(64, minimum=1)            # problems per journaled chunk (the resume unit)
+    sft_max_steps: int | None = _f(None, minimum=1)
+    sft_learning_rate: float | None = _f(None, exclusiveMinimum=0)
+
+
+STAGE_KINDS = ("sft", "grpo", "rejection")
+
+
+@dataclass
 class BalanceConfig:
     gamma: float = _f(1e-3, minimum=0)             # bias update speed; 0 turns balancing off
 
@@ -146,6 +168,8 @@ class Recipe:
     task: TaskConfig = field(default_factory=TaskConfig)
     sft: SFTStage = field(default_factory=SFTStage)
     grpo: GRPOStage = field(default_factory=GRPOStage)
+    stages: list[str] = _f([])                      # e.g. [sft, grpo, rejection, sft, grpo]; []: sft then grpo
+    rejection: RejectionStage = field(default_factory=RejectionStage)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -239,6 +263,7 @@ def check_recipe(recipe: "Recipe", source: str | Path = "recipe") -> None:
     if recipe.grpo.enabled and not real_prompts and not recipe.grpo.levels:
         fail("grpo.levels", "empty, but the GRPO stage is enabled and draws its prompts from these levels")
 
+    _check_stages(recipe, fail, check_levels)
     rewards = recipe.grpo.rewards
     for i, name in enumerate(rewards):
         if name not in REWARD_NAMES:
@@ -262,6 +287,23 @@ def check_recipe(recipe: "Recipe", source: str | Path = "recipe") -> None:
     if not str(recipe.output_dir).strip():
         fail("output_dir", "empty")
     _check_model(recipe.model, source, fail)
+
+
+def _check_stages(recipe: "Recipe", fail, check_levels) -> None:
+    """A stage list names known stages; a rejection stage samples a checkpoint an earlier stage made and
+    hands its dataset to the sft stage right after it."""
+    stages = list(getattr(recipe, "stages", None) or [])
+    for i, stage in enumerate(stages):
+        if stage not in STAGE_KINDS:
+            fail(f"stages.{i}", f"unknown stage {stage!r}; known stages: {', '.join(STAGE_KINDS)}")
+        if stage == "rejection" and i == 0:
+            fail(f"stages.{i}", "rejection samples the previous stage's checkpoint: it cannot come first")
+        if stage == "rejection" and (i + 1 == len(stages) or stages[i + 1] != "sft"):
+            fail(f"stages.{i}", "rejection makes a dataset for the sft stage right after it: follow it with sft")
+    if "rejection" in stages:
+        check_levels("rejection.levels", recipe.rejection.levels, recipe.task.name)
+        if not recipe.rejection.levels:
+            fail("rejection.levels", "empty, but a rejection stage draws its problems from these levels")
 
 
 def _check_model(model: str, source, fail) -> None:

@@ -22,9 +22,11 @@ from transformers import set_seed
 
 from reasoner.model import is_checkpoint, load_model, save_checkpoint
 from reasoner.rl.data import grpo_dataset, plan_rows, sft_dataset, word_plan_rows
+from reasoner.rl.distill import read_rows, sft_rows_dataset, write_lineage
 from reasoner.rl.lora import merged, with_lora
 from reasoner.rl.plots import plot_training
 from reasoner.rl.recipe import Recipe
+from reasoner.rl.rejection import run_rejection
 from reasoner.tasks import Problem, get_task
 
 
@@ -97,12 +99,38 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     out = Path(recipe.output_dir)
     start_run(recipe, log)
     result = TrainResult()
-    start = recipe.model
-    if recipe.sft.enabled:
-        start = _stage(result, "sft", out, start, recipe, log)
-    if recipe.grpo.enabled:
-        _stage(result, "grpo", out, start, recipe, log)
+    start, dataset = recipe.model, None
+    for stage, kind in stage_plan(recipe):
+        if kind == "rejection":  # R1's stage 3: its dataset is what the next sft stage trains on
+            dataset = run_rejection(recipe, start, out / stage, traces_store(recipe), log)
+            continue
+        if kind == "sft" and dataset is not None:
+            if read_rows(dataset):
+                start = _stage(result, stage, out, start, after_rejection(recipe), log, kind="sft_data", dataset=dataset)
+            else:  # a weak checkpoint may pass nothing: the run goes on from it rather than failing here
+                log(f"[{stage}] skipped: the rejection stage kept no samples ({dataset})")
+            dataset = None
+            continue
+        start = _stage(result, stage, out, start, recipe, log, kind=kind)
     return result
+
+
+def stage_plan(recipe: Recipe) -> list[tuple[str, str]]:
+    """(directory, kind) per stage: recipe.stages in order, a repeated kind numbered (sft, grpo, rejection,
+    sft-2, grpo-2); without a stage list, sft then grpo, each when enabled."""
+    kinds = recipe.stages or [k for k, on in (("sft", recipe.sft.enabled), ("grpo", recipe.grpo.enabled)) if on]
+    plan, seen = [], {}
+    for kind in kinds:
+        seen[kind] = seen.get(kind, 0) + 1
+        plan.append((kind if seen[kind] == 1 else f"{kind}-{seen[kind]}", kind))
+    return plan
+
+
+def after_rejection(recipe: Recipe) -> Recipe:
+    """The recipe for the sft stage that trains on a rejection stage's dataset (its own steps and rate)."""
+    rejection = recipe.rejection
+    return replace(recipe, sft=replace(recipe.sft, max_steps=rejection.sft_max_steps or recipe.sft.max_steps,
+                                       learning_rate=rejection.sft_learning_rate or recipe.sft.learning_rate))
 
 
 def train_sft_equal_compute(recipe: Recipe, cold_start: str | Path, learning_rate: float, log=print) -> Path:
@@ -114,6 +142,13 @@ def train_sft_equal_compute(recipe: Recipe, cold_start: str | Path, learning_rat
     _prepare(recipe)
     return _stage(TrainResult(), f"sft-equal-lr{learning_rate:g}", Path(recipe.output_dir), cold_start, arm, log,
                   kind="sft_equal")
+
+
+def train_on_dataset(recipe: Recipe, start: str | Path, dataset: Path, stage: str = "student", log=print) -> Path:
+    """SFT from `start` on kept samples (a distillation's dataset.jsonl) with recipe.sft's settings, into
+    <output_dir>/<stage>/final, with lineage.json beside config.json. Returns the final checkpoint."""
+    _prepare(recipe)
+    return _stage(TrainResult(), stage, Path(recipe.output_dir), start, recipe, log, kind="sft_data", dataset=dataset)
 
 
 def train_balance_probe(recipe: Recipe, gamma: float, steps: int, log=print) -> list[dict]:
@@ -133,7 +168,7 @@ def _prepare(recipe: Recipe) -> None:
 
 
 def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe: Recipe, log,
-           kind: str | None = None) -> Path:
+           kind: str | None = None, dataset: Path | None = None) -> Path:
     final = out / stage / "final"
     if is_checkpoint(final):
         log(f"[{stage}] already finished: {final} (delete it to train again)")
@@ -141,12 +176,14 @@ def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe
         model, tokenizer = load_model(start)
         model = with_lora(model, recipe.lora)
         log(f"[{stage}] training from {start}" + (f" with LoRA r={recipe.lora.r}" if recipe.lora.enabled else ""))
-        trainer = _run_stage(kind or stage, recipe, model, tokenizer, out / stage)
+        trainer = _run_stage(kind or stage, recipe, model, tokenizer, out / stage, dataset)
         # Under `accelerate launch` every rank gets here with the same weights: one writes, all wait for it
         # (the next stage loads `final` on every rank).
         if trainer.accelerator.is_main_process:
             save_checkpoint(merged(model), tokenizer, final,
                             {"stage": stage, "recipe": recipe.to_dict(), "started_from": str(start)})
+            if dataset is not None:  # which dataset and traces this checkpoint learned from
+                write_lineage(final, dataset, traces_store(recipe))
             (out / stage / "log_history.json").write_text(json.dumps(trainer.state.log_history))
             balancer = getattr(trainer, "balancer", None)
             if balancer is not None:  # per step, per layer: the load-balancing evidence
@@ -163,6 +200,8 @@ def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe
 
 
 def dataset_description(recipe: Recipe, kind: str) -> str:
+    if kind == "sft_data":
+        return "kept teacher samples: `lineage.json` beside `config.json` names the dataset and its traces"
     data = recipe.task.train_data
     real = [f"{name} train ({path})" for name, path in (("GSM8K", data.gsm8k), ("MATH", data.math)) if path]
     if real and kind == "grpo":
@@ -181,6 +220,7 @@ def model_card(recipe: Recipe, stage: str, kind: str, start) -> str:
     import trl
 
     method = {"grpo": "GRPO (R1-style RL with rule-based rewards: " + ", ".join(recipe.grpo.rewards) + ")",
+              "sft_data": "supervised fine-tuning on kept samples (rejection sampling or distillation)",
               "sft": "supervised fine-tuning (cold start)", "sft_equal": "supervised fine-tuning (equal-compute baseline)"}
     run_id = current_run(recipe)
     return f"""---
@@ -206,9 +246,13 @@ and the rollouts are in the trace store (`reasoner traces --store {traces_store(
 """
 
 
-def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
+def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path, dataset: Path | None = None):
     use_cpu = not torch.cuda.is_available()
     style = recipe.task.prompt_style
+    if stage == "sft_data":  # kept samples of a rejection stage or a distillation
+        from reasoner.rl.sft import run_sft
+
+        return run_sft(recipe, model, tokenizer, sft_rows_dataset(dataset, tokenizer, style), output_dir, use_cpu)
     if stage == "sft_equal":
         from reasoner.rl.sft import run_sft
 
@@ -228,7 +272,7 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path):
         dataset = sft_dataset(problems + words, tokenizer, style, extra, direct_fraction=recipe.sft.direct_fraction)
         return run_sft(recipe, model, tokenizer, dataset, output_dir, use_cpu)
     if stage != "grpo":
-        raise ValueError(f"unknown stage kind {stage!r}: expected sft, sft_equal or grpo")
+        raise ValueError(f"unknown stage kind {stage!r}: expected sft, sft_data, sft_equal or grpo")
     from reasoner.rl.grpo import run_grpo, trace_sink
 
     problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)

@@ -8,7 +8,7 @@ import sys
 
 from reasoner.errors import ReasonerError
 
-SUBCOMMANDS = ("demo", "train", "eval", "solve", "serve", "traces", "info")
+SUBCOMMANDS = ("demo", "train", "distill", "eval", "solve", "serve", "traces", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
