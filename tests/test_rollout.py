@@ -9,6 +9,7 @@ from transformers import DeepseekV3ForCausalLM, TopKLogitsWarper, TopPLogitsWarp
 
 from reasoner.model import load_model
 from reasoner.rollout import RolloutEngine, Sampling
+from reasoner.rollout.ffn import FFN, route
 from reasoner.rollout.hooks import generate_grouped
 from reasoner.rollout.sampling import process_logits, sample
 
@@ -133,13 +134,13 @@ def test_samples_share_one_prefill_and_are_seeded(tiny, monkeypatch):
     prompts = chat_ids(tok, PROMPTS)
     engine = RolloutEngine(model, tok)
     calls = []
-    original = engine._forward
+    original = engine._trunk  # the main model's forward: prefill and every decode step go through it
 
     def counting(ids, *args):
         calls.append(tuple(ids.shape))
         return original(ids, *args)
 
-    monkeypatch.setattr(engine, "_forward", counting)
+    monkeypatch.setattr(engine, "_trunk", counting)
     out = engine.generate(prompts, 10, temperature=1.0, num_samples=4, seed=123, ignore_eos=True)
     assert len(out) == 12 and [(c.prompt_index, c.sample_index) for c in out[:5]] == [
         (0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
@@ -173,14 +174,39 @@ def test_refresh_follows_weight_updates_without_version_bump(tiny):
     prompts = chat_ids(tok, PROMPTS[:2])
     engine = RolloutEngine(model, tok)
     engine.generate(prompts, 4, temperature=0.0)
-    old = engine.layers[0].wq_abs.clone()
+    old = engine.layers[0].w_in.clone()
     with torch.no_grad():  # .data writes (and fused optimizers) do not bump version counters
         for layer in model.model.layers:
             attn = layer.self_attn
             attn.kv_b_proj.weight.data.mul_(1.5)
             attn.o_proj.weight.data.add_(0.01)
     assert_matches_generate(model, tok, prompts, 10, engine=engine)
-    assert not torch.equal(old, engine.layers[0].wq_abs)
+    assert not torch.equal(old, engine.layers[0].w_in)
+
+
+def test_packed_ffn_and_router_match_the_models_own_modules():
+    for name in ("tiny", "small"):  # small: grouped routing (4 groups, top-2 groups), q_lora_rank
+        model, _ = load_model(name)
+        torch.manual_seed(0)
+        for layer in model.model.layers[model.config.first_k_dense_replace:]:
+            gate = layer.mlp.gate
+            gate.e_score_correction_bias.uniform_(-0.05, 0.05)
+            x = torch.randn(40, model.config.hidden_size)
+            weights, experts = route(gate, x)
+            _, ref_weights, ref_experts = gate(x)
+            order, ref_order = experts.argsort(dim=-1), ref_experts.argsort(dim=-1)
+            assert torch.equal(experts.gather(1, order), ref_experts.gather(1, ref_order))
+            torch.testing.assert_close(weights.gather(1, order), ref_weights.gather(1, ref_order))
+    tiny_model, _ = load_model("tiny")
+    with torch.no_grad():
+        for layer in tiny_model.model.layers:  # dense layer 0 and MoE layers 1..3
+            ffn = FFN(layer.mlp, tiny_model.config)
+            ffn.pack()
+            assert ffn.packed
+            for tokens in (16, 512):  # 512: beyond the packed size the module itself runs
+                h = torch.randn(tokens // 4, 4, tiny_model.config.hidden_size)
+                torch.testing.assert_close(ffn(h), layer.mlp(h), atol=1e-5, rtol=1e-5)
+    assert not FFN(model.model.layers[-1].mlp, model.config).packed  # small's experts: too many weights to pack
 
 
 def test_sampling_filters_match_transformers_warpers():

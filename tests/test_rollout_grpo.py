@@ -39,9 +39,9 @@ def _run(tmp_path, monkeypatch, GRPOConfig, GRPOTrainer, Dataset):
     calls = []
     original = RolloutEngine._generate_chunk
 
-    def spy(self, prompts, first, G, *a, **k):
-        calls.append((len(prompts), G))
-        return original(self, prompts, first, G, *a, **k)
+    def spy(self, prompts, first, request):
+        calls.append((len(prompts), request.num_samples))
+        return original(self, prompts, first, request)
 
     monkeypatch.setattr(RolloutEngine, "_generate_chunk", spy)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
