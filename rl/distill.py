@@ -15,8 +15,8 @@ pipeline's answers are kept on the pipeline's own verdict (what a user has at so
 
 Work goes in chunks. Each finished chunk is one fsynced line of journal.jsonl, so a killed run resumes at the
 next chunk and draws exactly what it would have drawn (seeds are per chunk). dataset.jsonl is written once,
-atomically, from the journal. A problem the teacher could not answer (errors after retries) is not journaled,
-so a rerun asks again.
+atomically, from the journal. A chunk in which the teacher failed on a problem (errors after retries) is not
+journaled, so a rerun asks that chunk again.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 from datasets import Dataset
 
 from reasoner.api import Reasoner
+from reasoner.errors import ReasonerError
 from reasoner.evaluation.grading import grade_many
 from reasoner.generation import sample
 from reasoner.model import load_model
@@ -70,11 +71,9 @@ class Draw:
 class Counters:
     """What happened, for report.json: every drop has a reason and a count."""
     retries: int = 0
-    teacher_errors: int = 0
     error_examples: list = field(default_factory=list)
 
     def error(self, problem: Problem, err: Exception) -> None:
-        self.teacher_errors += 1
         if len(self.error_examples) < EXAMPLES_SHOWN:
             self.error_examples.append({"problem_id": problem.id, "error": str(err)[:300]})
 
@@ -151,7 +150,12 @@ class PipelineTeacher:
     def answer(self, problems: Sequence[Problem], seed: int) -> list[list[Draw]]:
         out = []
         for i, problem in enumerate(problems):
-            solution = self.reasoner.solve(problem.for_solver(), seed=seed + i, **self.options)
+            try:
+                solution = self.reasoner.solve(problem.for_solver(), seed=seed + i, **self.options)
+            except ReasonerError as err:  # reported and asked again on the next run, never a crash
+                self.counters.error(problem, err)
+                out.append([Draw(None, False, "teacher_error")])
+                continue
             passed = solution.answer is not None and solution.status in self.keep_statuses
             meta = {"pipeline_trace": solution.trace_id, "status": solution.status,
                     "samples_drawn": solution.samples_drawn}
@@ -204,12 +208,18 @@ def collect(teacher, problems: Sequence[Problem], output_dir: str | Path, *, fil
     chunks = [problems[i:i + chunk_size] for i in range(0, len(problems), chunk_size)]
     if done:
         log(f"[distill] resuming: {len(done)} of {len(chunks)} chunks already in {journal}")
+    unanswered: list[str] = []
     with TraceStore.open(store_path) as store:
         for index, chunk in enumerate(chunks):
             if index in done:
                 continue
             entry = _chunk_entry(teacher, chunk, index, seed + 1000 * index, filters, out)
             store.add_many(entry.pop("traces"), on_conflict="ignore")  # a rerun of a killed chunk: same ids
+            if entry["unanswered"]:  # not journaled: the next run asks this chunk again, with the same seed
+                unanswered += entry["unanswered"]
+                log(f"[distill] chunk {index + 1}/{len(chunks)}: the teacher failed on {len(entry['unanswered'])} "
+                    "problems after retries; rerun to ask again")
+                continue
             _append_line(journal, entry)
             done[index] = entry
             log(f"[distill] chunk {index + 1}/{len(chunks)}: kept {len(entry['rows'])} rows "
@@ -218,6 +228,7 @@ def collect(teacher, problems: Sequence[Problem], output_dir: str | Path, *, fil
     rows = unique_rows(row for e in entries for row in e["rows"])
     dataset = write_rows_atomically(out / DATASET, rows)
     report = summarize(entries, rows, teacher, problems, store_path, dataset)
+    report.update(chunks_total=len(chunks), unanswered=unanswered, teacher_errors=len(unanswered))
     write_json_atomically(out / REPORT, report)
     return Collected(dataset, rows, report)
 
@@ -304,10 +315,9 @@ def summarize(entries: list[dict], rows: list[dict], teacher, problems, store_pa
     counters = teacher.counters
     return {"teacher": teacher.name, "problems": len(problems), "chunks_done": len(entries),
             "rows": len(rows), "problems_with_rows": len({r["problem_id"] for r in rows}), **totals,
-            "teacher_errors_this_run": counters.teacher_errors, "retries_this_run": counters.retries,
+            "retries": counters.retries,
             "error_examples": counters.error_examples,
             "unparseable_examples": [x for e in entries for x in e["unparseable_examples"]][:EXAMPLES_SHOWN],
-            "unanswered": [x for e in entries for x in e["unanswered"]],
             "dataset": str(dataset), "dataset_sha256": sha256_file(dataset), "trace_store": str(store_path)}
 
 

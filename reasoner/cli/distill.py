@@ -157,7 +157,7 @@ def _print_report(report: dict) -> None:
           f"(drawn {report.get('drawn', 0)}: failed the check {report.get('failed_check', 0)}, unparseable "
           f"{report.get('unparseable', 0)}, no answer {report.get('no_answer', 0)}, too long {report.get('too_long', 0)}, "
           f"duplicates {report.get('duplicates', 0)}); teacher errors {report.get('teacher_errors', 0)} "
-          f"after {report['retries_this_run']} retries")
+          f"after {report['retries']} retries")
     for example in report["unparseable_examples"]:
         print(f"  no parseable answer ({example['problem_id']}): {example.get('completion') or example.get('why')!r}")
     for example in report["error_examples"]:
