@@ -4,14 +4,18 @@ The scripted model never computes anything: it says what a test tells it to. Wha
 knows beyond that comes from the checks a user could run, which is what these tests pin down.
 """
 import threading
+import time
 
 import pytest
 
 from reasoner.api import Reasoner
 from reasoner.errors import ReasonerError
+from reasoner.pipeline.graph import RunContext, RunInput, RunOutput, build_graph, read_result, run_input
+from reasoner.pipeline.options import SolveOptions
 from reasoner.prompts import render
 from reasoner.serving.backends import BackendError, ScriptedBackend
 from reasoner.tasks import get_task
+from reasoner.tasks.base import Question
 from reasoner.traces.store import TraceStore
 
 PLAN_CUE = render("plan", "compact", problem="")[0]["content"]  # the planner prompt is the problem, then this
@@ -264,3 +268,22 @@ def test_progress_reports_nodes_and_sub_problems(make):
     nodes = [(e["node"], e.get("question")) for e in events]
     assert nodes[0] == ("plan", None)
     assert ("sample", "legs of 2 cats") in nodes and ("solved", "8+6") in nodes and nodes[-1] == ("answer", None)
+
+
+def test_the_graph_declares_its_input_and_output():
+    """A run starts from run_input (the question and options, nothing the graph keeps for itself) and yields
+    RunOutput, which read_result reads; reducer state such as spans needs no seeding by the caller."""
+    graph = build_graph()
+    question = Question("Using the numbers [2, 3, 7], make 23.", "countdown")
+    inputs = run_input(question, SolveOptions(samples=2, retries=0), reference=None)
+    assert set(inputs) == set(RunInput.__annotations__) == set(graph.get_input_jsonschema()["properties"])
+    backend = ScriptedBackend(lambda messages, n: ["<answer>3*7+2</answer>"] * n)
+    output = graph.invoke(inputs, context=RunContext(backend, deadline=time.time() + 60))
+    assert set(output) <= set(RunOutput.__annotations__) == set(graph.get_output_jsonschema()["properties"])
+    assert not {"tests", "reference", "votes"} & set(output)  # inputs and working state stay inside
+    result = read_result(output)
+    assert (result.answer, result.status, result.drawn, result.planned) == ("3*7+2", "verified", 2, 1)
+    assert result.steps == [{"id": 1, "question": question.text, "answer": "3*7+2", "verified": True,
+                             "status": "verified", "attempts": 1}]
+    assert [s["name"] for s in result.spans] == ["plan", "step 1", "answer"]
+    assert read_result({}) is None

@@ -41,6 +41,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
+from typing_extensions import TypedDict as SchemaDict  # pydantic's JSON schema needs it before Python 3.12
 
 from reasoner.pipeline import checks, recording
 from reasoner.pipeline.options import SolveOptions
@@ -64,7 +65,7 @@ class RunContext:
         return self.deadline - time.time()
 
 
-class RunInput(TypedDict):
+class RunInput(SchemaDict):
     """What a run starts from (run_input makes it): the question as a user has it, and the options."""
     problem: str
     task: str                     # "math", "countdown" or "code" (a Question's kind)
@@ -74,7 +75,7 @@ class RunInput(TypedDict):
     options: dict                 # SolveOptions.to_dict(): in the state, so a resume uses the same
 
 
-class RunOutput(TypedDict, total=False):
+class RunOutput(SchemaDict, total=False):
     """What a run yields (read_result reads it)."""
     problem: str
     task: str
