@@ -1,6 +1,7 @@
 """The OpenAI-compatible server and client, over real HTTP on 127.0.0.1."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -9,6 +10,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import openai
 import pytest
 
 from reasoner.api import Reasoner
@@ -181,14 +183,20 @@ def test_cli_reports_user_errors_without_a_traceback(broken, tmp_path, capsys, m
 
 def test_reasoner_serve_command_serves_a_checkpoint(checkpoint, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "reasoner", "serve", "--model", str(checkpoint), "--port", "0",
-                             "--name", "demo"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "REASONER_HOME": str(tmp_path)})
+                             "--name", "demo", "--pipeline"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, "REASONER_HOME": str(tmp_path), "REASONER_API_KEY": "k"})
     try:
-        line = proc.stdout.readline()  # "serving demo at http://127.0.0.1:PORT/v1 (Ctrl-C to stop)"
+        line = proc.stdout.readline()  # "serving demo at http://127.0.0.1:PORT/v1, and reasoner-pipeline (...)"
         assert line.startswith("serving demo at http://127.0.0.1:"), line
-        url = line.split()[3]
+        url = line.split()[3].rstrip(",")
         status, reply = post(url, {"messages": [{"role": "user", "content": "1+2"}], "max_tokens": 4})
-        assert status == 200 and len(reply["choices"]) == 1
+        assert status == 401 and "API key" in reply["error"]["message"]  # the key came from REASONER_API_KEY
+        client = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["demo", "reasoner-pipeline"]
+        reply = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "1+2"}],
+                                               max_tokens=4)
+        assert len(reply.choices) == 1 and reply.usage.completion_tokens <= 4
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn finishes what is in flight, then the command returns
         proc.wait(timeout=30)
+    assert proc.returncode == 0 and proc.stdout.read().strip().endswith("stopped")

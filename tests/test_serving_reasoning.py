@@ -1,0 +1,65 @@
+"""Reasoning split out of <think> (as vLLM's reasoning parser does), whole and streamed, and put back by
+OpenAIBackend from a server that returns it separately."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from reasoner.sampling import Sampling
+from reasoner.serving.backends import OpenAIBackend
+from reasoner.serving.reasoning import ReasoningStream, split_reasoning
+
+CASES = {
+    "<think>7+5=12</think><answer>12</answer>": ("7+5=12", "<answer>12</answer>"),
+    "\n<think>a</think>b": ("a", "b"),
+    "<think>still thinking": ("still thinking", ""),          # ran out of tokens inside the tag
+    "no tags at all": (None, "no tags at all"),
+    "text then <think>x</think>": (None, "text then <think>x</think>"),
+    "<think></think>": ("", ""),
+    "<thi": (None, "<thi"),
+}
+
+
+@pytest.mark.parametrize("text", CASES)
+def test_split_reasoning(text):
+    assert split_reasoning(text) == CASES[text]
+
+
+@pytest.mark.parametrize("text", CASES)
+def test_streamed_pieces_add_up_to_the_whole_split(text):
+    for size in (1, 2, 3, 5, 8):  # every way of cutting the text into pieces of this size, tags included
+        stream, reasoning, content = ReasoningStream(), "", ""
+        for piece in [text[i:i + size] for i in range(0, len(text), size)] + [None]:
+            r, c = stream.finish() if piece is None else stream.feed(piece)
+            reasoning, content = reasoning + r, content + c
+        expected_reasoning, expected_content = CASES[text]
+        assert (reasoning, content) == (expected_reasoning or "", expected_content), size
+
+
+class Replies(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "<answer>12</answer>", "reasoning_content": "7+5=12"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 9}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_backend_puts_separate_reasoning_back_in_its_tags():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Replies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        [reply] = OpenAIBackend(url, "m").generate([{"role": "user", "content": "7+5"}], 1, Sampling())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.text == "<think>7+5=12</think><answer>12</answer>" and reply.completion_tokens == 9
