@@ -7,7 +7,9 @@ import re
 import jsonschema
 import pytest
 
+from reasoner import api
 from reasoner.api import Reasoner
+from reasoner.cli import main
 from reasoner.errors import ReasonerError
 from reasoner.model import save_checkpoint
 from reasoner.pipeline.plans import parse_plan, substitute
@@ -126,3 +128,15 @@ def test_a_checkpoint_is_asked_in_its_recipe_prompt_style(tiny, tmp_path):
     expected = tokenizer.apply_chat_template(render("plan", "r1", problem="2+2"), add_generation_prompt=True,
                                              tokenize=False)
     assert prompts[0] == expected and prompts[0].index(R1_SYSTEM) < prompts[0].index("2+2\nplan:")
+
+
+@pytest.mark.parametrize("flag, style", [([], "chat"), (["--prompt-style", "compact"], "compact")])
+def test_reasoner_solve_asks_a_server_in_the_chat_style_unless_told_otherwise(monkeypatch, tmp_path, capsys, flag,
+                                                                               style):
+    """`reasoner solve --base-url` (our own compact model behind `reasoner serve`, say) takes --prompt-style."""
+    backend = ScriptedBackend(lambda messages, n: ["<answer>4</answer>"] * n)
+    monkeypatch.setattr(api, "OpenAIBackend", lambda *args: backend)
+    code = main(["solve", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--no-decompose", "--samples", "1",
+                 "--checkpoints", str(tmp_path / "p.db"), "--traces", str(tmp_path / "t.db"), *flag, "2+2"])
+    assert code == 0 and capsys.readouterr().out.strip() == "4  (unverified)"
+    assert backend.calls[0][0] == render("solve", style, question="2+2")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from reasoner.prompts import STYLES
+
 DEFAULTS = {"samples": 4, "retries": 2, "temperature": 0.7, "max_tokens": 512, "time_budget": 300.0}
 
 # Exit codes, by the solution's status (also in --help).
@@ -53,6 +55,9 @@ def add_parser(subparsers):
                               "else math)")
     options.add_argument("--no-feedback", dest="feedback", action="store_false",
                          help="retry by asking again rather than showing the failed answer")
+    options.add_argument("--prompt-style", choices=STYLES, default=None,
+                         help="how the model is asked (reasoner.prompts): compact or r1 for our checkpoints, chat for "
+                              "instruction-tuned models (default: the checkpoint's recipe style; chat with --base-url)")
     options.add_argument("--reference", help="a known answer to verify against")
     options.add_argument("--code-tests", metavar="FILE", help="code task: a file of assert statements, one per line")
     options.add_argument("--entry-point", help="code task: the function the tests call")
@@ -86,6 +91,8 @@ def run(args) -> int:
             task.get("task"), task.get("reference"), task.get("tests"), task.get("entry_point"), None, None)
         _check_problem(problem, task["task"])
     options = {name: getattr(args, name) for name in (*DEFAULTS, "seed", "decompose", "verify", "feedback")}
+    if args.prompt_style:  # else each backend's own default
+        options["prompt_style"] = args.prompt_style
     common = {"checkpoints": args.checkpoints, "traces": args.traces, **options}
     if args.base_url:
         reasoner = Reasoner.from_openai(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
