@@ -1,6 +1,8 @@
 """Plan format: the reference arithmetic plans, their validation and the substitution of results."""
 import json
 import re
+import subprocess
+import sys
 
 import jsonschema
 import pytest
@@ -127,3 +129,13 @@ def test_word_plan_rows_teach_the_planner_the_trace_steps():
         assert row["prompt"] == f"<|user|>{render('plan', 'compact', problem=problem.question)[0]['content']}<|assistant|>"
         assert row["completion"] == word_plan(problem) + "<eos>"
         jsonschema.validate(json.loads(word_plan(problem)), plan_schema())
+
+
+def test_training_data_and_tasks_load_without_the_pipeline():
+    """Data flows one way: tasks and training data (reasoner.rl.data) build plans and prompts without
+    importing the solving graph, which is built on top of them."""
+    probe = ("import sys, reasoner.rl.data, reasoner.tasks.arithmetic, reasoner.prompts; "
+             "print(sorted(m for m in sys.modules if m.startswith(('reasoner.pipeline', 'reasoner.api', 'langgraph'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

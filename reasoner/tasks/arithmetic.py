@@ -13,6 +13,7 @@ it was taught on is the same pattern repeated, not new step numbers.
 from __future__ import annotations
 
 import json
+import operator
 import random
 import re
 from dataclasses import dataclass
@@ -89,14 +90,13 @@ class ArithmeticTask(GeneratedTask):
 _TOKEN = re.compile(r"\d+|[-+*]")
 _SPLIT_TOKEN = re.compile(r"\{\}|\d+|[-+*]")
 _PREVIOUS = "{}"
-_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
 @dataclass(frozen=True)
 class PlannedStep:
-    q: str          # as the plan writes it: `37+{}`
-    written: str    # as the solver is asked it, earlier results written in: `37+144`
-    operands: tuple[str, str, str]  # (left, op, right) of `written`
+    q: str                          # as the plan writes it: `37+{}`
+    operands: tuple[str, str, str]  # as the solver is asked it, earlier results written in: ("37", "+", "144")
     value: int
 
 
@@ -110,8 +110,7 @@ def planned_steps(expression: str) -> list[PlannedStep]:
 
     def add(left, op: str, right) -> int:  # an operand is a number (str) or the id of the step computing it
         a, b = (int(x) if isinstance(x, str) else steps[x - 1].value for x in (left, right))
-        steps.append(PlannedStep(f"{ref(left)}{op}{ref(right)}", f"{a}{op}{b}", (str(a), op, str(b)),
-                                 _APPLY[op](a, b)))
+        steps.append(PlannedStep(f"{ref(left)}{op}{ref(right)}", (str(a), op, str(b)), _APPLY[op](a, b)))
         return len(steps)
 
     def ref(value) -> str:
@@ -176,5 +175,5 @@ def arithmetic_step_problems(problems) -> list[Problem]:
     seen: dict[str, Problem] = {}
     for problem in problems:
         for step in planned_steps(getattr(problem, "question", problem)):
-            seen.setdefault(step.written, make_problem(list(step.operands), level=0))
+            seen.setdefault("".join(step.operands), make_problem(list(step.operands), level=0))
     return list(seen.values())
