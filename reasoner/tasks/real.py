@@ -18,12 +18,13 @@ import os
 import random
 import re
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
 from reasoner.errors import ReasonerError
 from reasoner.tasks.base import Problem, check_split
 
-PACKAGED_DATA = Path(__file__).resolve().parents[1] / "data"   # reasoner/data/, installed as package data
+PACKAGED_DATA = Path(files("reasoner") / "data")   # reasoner/data/, installed as package data
 _CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")  # GSM8K's "<<16-3-4=9>>" annotations
 
 
