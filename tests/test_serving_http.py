@@ -152,6 +152,22 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(guarded):
     assert guarded.service.batcher.calls - calls < 10  # the abandoned 1000 tokens were not decoded (63 segments)
 
 
+def test_a_client_that_leaves_before_a_whole_reply_frees_its_slot(guarded):
+    connection = connect(guarded)
+    connection.request("POST", "/v1/chat/completions", json.dumps({"messages": USER, "max_tokens": 1000,
+                                                                   "temperature": 0}),
+                       {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    time.sleep(0.3)
+    calls = guarded.service.batcher.calls
+    connection.close()
+    deadline = time.monotonic() + 20
+    while (status := post(guarded, {"messages": USER, "max_tokens": 4}, KEY)[0]) == 429 \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == 200
+    assert guarded.service.batcher.calls - calls < 10  # not the 63 segments of 1000 tokens
+
+
 def test_without_the_key_401(guarded):
     for key in (None, "wrong"):
         status, reply = post(guarded, {"messages": USER}, key)

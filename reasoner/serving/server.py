@@ -8,6 +8,7 @@ dynamic batcher (reasoner.serving.batcher): requests that arrive together are de
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
@@ -139,10 +140,27 @@ def create_app(service: Service) -> FastAPI:
         if chat.stream:
             return StreamingResponse(completion.stream(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        response = await completion.whole()
-        return JSONResponse(response.model_dump(exclude_none=True))
+        return await _whole_unless_gone(request, completion)
 
     return app
+
+
+async def _whole_unless_gone(request: Request, completion) -> Response:
+    """The whole reply; a client that goes away first has its work cancelled, which gives its slot back."""
+    reply = asyncio.ensure_future(completion.whole())
+    gone = asyncio.ensure_future(_disconnected(request))
+    await asyncio.wait({reply, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if not reply.done():
+        reply.cancel()
+        return Response(status_code=499)  # nobody reads it
+    return JSONResponse(reply.result().model_dump(exclude_none=True))
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: the next message can only be that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _pipeline_completion(service: Service, chat: ChatRequest, slot) -> PipelineCompletion:
