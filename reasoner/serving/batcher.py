@@ -102,16 +102,29 @@ class Batcher:
 
     def _run(self) -> None:
         while self._admit():
-            for job in self._active:
-                if job.cancelled:
-                    _tell(job, "cancelled", None)
-            self._active = [job for job in self._active if not job.cancelled]
-            groups = collections.defaultdict(list)
-            for job in self._active:
-                groups[job.group_key()].append(job)
-            for jobs in groups.values():
-                self._segment(jobs)
+            self._drop_cancelled()
+            for jobs in self._groups():
+                try:
+                    self._segment(jobs)
+                except Exception as err:  # told to each caller; the worker goes on with the others
+                    log.exception("batched generation failed")
+                    for job in jobs:
+                        _finish_all(job, "error")
+                        _tell(job, "error", err)
             self._active = [job for job in self._active if not job.done]
+
+    def _drop_cancelled(self) -> None:
+        for job in self._active:
+            if job.cancelled:
+                _tell(job, "cancelled", None)
+        self._active = [job for job in self._active if not job.cancelled]
+
+    def _groups(self) -> list[list[Job]]:
+        """Active jobs by what may share a model call."""
+        groups = collections.defaultdict(list)
+        for job in self._active:
+            groups[job.group_key()].append(job)
+        return list(groups.values())
 
     def _admit(self) -> bool:
         """Move waiting jobs in (after the collection window when idle); False once closed."""
@@ -139,15 +152,7 @@ class Batcher:
                 _finish_all(job, "length")
         live = [(job, row) for job in jobs for row in job.rows if not row.finish_reason]
         if live:
-            try:
-                outputs = self._call(jobs, live, now)
-            except Exception as err:  # reported to each caller; the worker goes on with the others
-                log.exception("batched generation failed")
-                for job in jobs:
-                    _finish_all(job, "error")
-                    _tell(job, "error", err)
-                return
-            for (job, row), output in zip(live, outputs):
+            for (job, row), output in zip(live, self._call(jobs, live, now)):
                 self._advance(job, row, output)
         for job in jobs:
             job.segments += 1
