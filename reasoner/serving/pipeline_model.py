@@ -6,6 +6,7 @@ lines of reasoning that a streamed request gets as they happen.
 """
 from __future__ import annotations
 
+import collections
 import io
 from pathlib import Path
 from typing import Callable
@@ -57,22 +58,21 @@ def solve_options(request: ChatRequest) -> dict:
     return {name: value for name, value in options.items() if value is not None}
 
 
+LINES = {  # progress event node -> its line of reasoning
+    "plan": "plan: asking for sub-problems",
+    "replan": "plan: no majority, asking again{retry}",
+    "vote": "vote: {answer} ({votes} of {samples} plans)",
+    "sample": "step {step}: {question}{retry}",
+    "reflect": "step {step}: the check failed, trying again{retry}",
+    "solved": "step {step}: {question} -> {answer} [{status}]",
+    "answer": "answer: {answer} [{status}]",
+}
+
+
 def progress_line(event: dict) -> str:
     """One line of reasoning for a progress event."""
-    node, step = event.get("node"), event.get("step")
+    template = LINES.get(event.get("node"))
+    if template is None:
+        return f"{event}\n"
     retry = f" (retry {event['attempt']})" if event.get("attempt") else ""
-    if node == "plan":
-        return "plan: asking for sub-problems\n"
-    if node == "replan":
-        return f"plan: no majority, asking again{retry}\n"
-    if node == "vote":
-        return f"vote: {event.get('answer')} ({event.get('votes')} of {event.get('samples')} plans)\n"
-    if node == "sample":
-        return f"step {step}: {event.get('question')}{retry}\n"
-    if node == "reflect":
-        return f"step {step}: the check failed, trying again{retry}\n"
-    if node == "solved":
-        return f"step {step}: {event.get('question')} -> {event.get('answer')} [{event.get('status')}]\n"
-    if node == "answer":
-        return f"answer: {event.get('answer')} [{event.get('status')}]\n"
-    return f"{event}\n"
+    return template.format_map(collections.defaultdict(str, event, retry=retry)) + "\n"
