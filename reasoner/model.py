@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers.utils import logging as hf_logging
 
 import reasoner
 from reasoner.config import load_config, resolve_config_path
 from reasoner.errors import ReasonerError
 from reasoner.mtp import attach_mtp, checkpoint_mtp_depth, load_mtp_weights
+from reasoner.rl.checkpoints import verify_manifest, write_manifest
 from reasoner.tokenizer import load_tokenizer
 
 RUN_METADATA = "reasoner.json"
@@ -159,8 +161,6 @@ def _special_ids(tokenizer) -> dict[str, int]:
 
 
 def _load_checkpoint(path: Path, dtype, device, verify: bool | None = None):
-    from reasoner.rl.checkpoints import verify_manifest
-
     if verify is not False:
         verify_manifest(path, checksums=verify)  # None: as REASONER_SKIP_CHECKSUMS says; no manifest: unchecked
     try:
@@ -207,8 +207,6 @@ def _quiet_unexpected_keys(depth: int):
     if not depth:
         yield
         return
-    from transformers.utils import logging as hf_logging
-
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -222,21 +220,21 @@ def read_run_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(file.read_text()) if file.exists() else {}
 
 
-def save_checkpoint(model, tokenizer, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(model, tokenizer, path: str | Path, metadata: dict[str, Any] | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write model + tokenizer + run metadata atomically: a reader sees the old or the new one, never half.
 
-    Files go to a temporary sibling directory that is renamed into place in one step.
+    Files go to a temporary sibling directory that is renamed into place in one step. `state_dict`: the full
+    weights when the module holds only a shard of them (FSDP, ZeRO-3: reasoner.rl.checkpoints.gather_for_save).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=state_dict)
     tokenizer.save_pretrained(staging)
     meta = {"reasoner_version": reasoner.__version__, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(metadata or {})}
     (staging / RUN_METADATA).write_text(json.dumps(meta, indent=2, default=str))
-    from reasoner.rl.checkpoints import write_manifest
-
     write_manifest(staging)  # sizes and SHA-256 of every file: load_model verifies them
     _fsync_tree(staging)
     if path.exists():

@@ -4,6 +4,8 @@ The HF Trainer writes `checkpoint-N/` file by file; a SIGKILL can leave half of 
 drops a COMPLETE marker once the Trainer has finished saving (after fsyncing every file of the
 checkpoint, then the marker, then the folder, so the marker can never reach the disk before the
 data it vouches for), and resume picks the newest marked checkpoint, deleting unmarked leftovers.
+
+Under FSDP or ZeRO-3 a stage's final checkpoint is gathered to the whole model first (gather_for_save).
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 
 from reasoner.errors import ReasonerError
+from reasoner.rl.lora import merged
 
 MARKER = "COMPLETE"
 # Every file's size and SHA-256, written before the marker (trainer checkpoints) or before the rename into place
@@ -173,3 +177,26 @@ def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
             continue
         return str(candidate)
     return None
+
+
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def gather_for_save(trainer, model):
+    """(module, state dict) to write a stage's final checkpoint from, with LoRA merged. Every rank must call it.
+
+    Under FSDP or ZeRO-3 each rank's module holds only its shard, so save_pretrained on rank 0's module alone
+    would write a shard or wait forever on a collective the other ranks never join. The full weights are
+    all-gathered to rank 0's CPU with accelerate's get_state_dict, the call the Trainer makes for checkpoint-N
+    (other ranks get an empty dict). Unsharded (one process, DDP) the module holds every weight: state dict None.
+    """
+    sharded = trainer.accelerator.distributed_type in SHARDED
+    lora = hasattr(model, "merge_and_unload")
+    if sharded and lora and trainer.accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ReasonerError("LoRA under ZeRO-3: the adapters cannot be merged into partitioned weights; train LoRA "
+                            "under FSDP or DDP (the adapter checkpoints are in checkpoint-N/)")
+    to_save = merged(model)  # under FSDP every rank merges its own shard: the same collectives on all ranks
+    if not sharded:
+        return to_save, None
+    # Without LoRA the Trainer's wrapper (the DeepSpeed engine, FSDP's root) gathers; after a merge, the base model.
+    return to_save, trainer.accelerator.get_state_dict(trainer.model_wrapped if to_save is model else to_save)

@@ -21,9 +21,10 @@ import torch
 from transformers import set_seed
 
 from reasoner.model import is_checkpoint, load_model, save_checkpoint
+from reasoner.rl.checkpoints import gather_for_save
 from reasoner.rl.data import grpo_dataset, plan_rows, sft_dataset, word_plan_rows
 from reasoner.rl.distill import read_rows, sft_rows_dataset, write_lineage
-from reasoner.rl.lora import merged, with_lora
+from reasoner.rl.lora import with_lora
 from reasoner.rl.plots import plot_training
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.rejection import run_rejection
@@ -177,11 +178,12 @@ def _stage(result: TrainResult, stage: str, out: Path, start: str | Path, recipe
         model = with_lora(model, recipe.lora)
         log(f"[{stage}] training from {start}" + (f" with LoRA r={recipe.lora.r}" if recipe.lora.enabled else ""))
         trainer = _run_stage(kind or stage, recipe, model, tokenizer, out / stage, dataset)
-        # Under `accelerate launch` every rank gets here with the same weights: one writes, all wait for it
-        # (the next stage loads `final` on every rank).
+        # Under `accelerate launch` every rank gets here with the same weights (or, sharded, its shard of them: all
+        # gather them to rank 0); one writes, all wait for it (the next stage loads `final` on every rank).
+        to_save, state_dict = gather_for_save(trainer, model)
         if trainer.accelerator.is_main_process:
-            save_checkpoint(merged(model), tokenizer, final,
-                            {"stage": stage, "recipe": recipe.to_dict(), "started_from": str(start)})
+            save_checkpoint(to_save, tokenizer, final,
+                            {"stage": stage, "recipe": recipe.to_dict(), "started_from": str(start)}, state_dict)
             if dataset is not None:  # which dataset and traces this checkpoint learned from
                 write_lineage(final, dataset, traces_store(recipe))
             (out / stage / "log_history.json").write_text(json.dumps(trainer.state.log_history))

@@ -1,8 +1,13 @@
-"""Scale-out on the engines we already use: the recipe under `accelerate launch` with 2 processes (CPU, gloo),
-through the shipped configs/accelerate/cpu-2proc.yaml. A tiny launcher calls reasoner.rl.train.train and, per
+"""Scale-out on the engines we already use: the recipe under `accelerate launch` with 2 processes (CPU, gloo).
+
+DDP, through the shipped configs/accelerate/cpu-2proc.yaml: a tiny launcher calls reasoner.rl.train.train and, per
 rank and stage, dumps what must agree across ranks: a digest of every parameter, the routers'
 e_score_correction_bias buffers (updated by our balancer, which DDP does not average), the MaxVio history,
-and each rank's own expert loads before the all-reduce (which must differ: the ranks saw different data)."""
+and each rank's own expert loads before the all-reduce (which must differ: the ranks saw different data).
+
+FSDP2, through the shipped configs/accelerate/fsdp.yaml on 2 processes: each rank holds half of every sharded
+weight, and the stage's final/ (and every checkpoint-N/) must still be the whole model: loaded in one process it
+gives the logits the sharded model gave."""
 from __future__ import annotations
 
 import json
@@ -12,9 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from reasoner.model import is_checkpoint
+from reasoner.model import is_checkpoint, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SFT_STEPS, GRPO_STEPS = 4, 2
@@ -78,22 +84,28 @@ train(Recipe.load(recipe_path))
 '''
 
 
-@pytest.mark.slow
-def test_two_processes_train_and_stay_in_sync(tmp_path):
-    recipe = tmp_path / "recipe.yaml"
+def launch(tmp_path: Path, config: Path, launcher: str, recipe: dict) -> tuple[Path, Path]:
+    """Run `launcher` under `accelerate launch --config_file config` on the recipe; (run dir, records dir)."""
+    recipe_file = tmp_path / "recipe.yaml"
     run = tmp_path / "run"
-    recipe.write_text(yaml.safe_dump({**RECIPE, "output_dir": str(run)}))
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(LAUNCHER)
+    recipe_file.write_text(yaml.safe_dump({**recipe, "output_dir": str(run)}))
+    script = tmp_path / "launch.py"
+    script.write_text(launcher)
     records = tmp_path / "records"
     records.mkdir()
     accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--config_file", str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"),
-           "--main_process_port", "0", str(launcher), str(recipe), str(records)]
+    cmd = [str(accelerate), "launch", "--config_file", str(config), "--main_process_port", "0",
+           str(script), str(recipe_file), str(records)]
     env = {**os.environ, "REASONER_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1",
            "TRL_EXPERIMENTAL_SILENCE": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return run, records
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_stay_in_sync(tmp_path):
+    run, records = launch(tmp_path, REPO / "configs" / "accelerate" / "cpu-2proc.yaml", LAUNCHER, RECIPE)
 
     for stage, steps in (("sft", SFT_STEPS), ("grpo", GRPO_STEPS)):
         rank0, rank1 = (json.loads((records / f"{stage}-rank{r}.json").read_text()) for r in (0, 1))
@@ -108,3 +120,99 @@ def test_two_processes_train_and_stay_in_sync(tmp_path):
         assert rank0["local_loads"] != rank1["local_loads"]
         assert is_checkpoint(run / stage / "final")
     assert not list(run.glob("*/.final.*"))  # one rank wrote each final, atomically
+
+
+FSDP_STEPS = {"sft": 2, "grpo": 1}
+FSDP_RECIPE = {
+    **RECIPE, "name": "fsdp-test",
+    "sft": {**RECIPE["sft"], "max_steps": FSDP_STEPS["sft"]},
+    # our rollout engine reads whole weights, so sharded GRPO samples with transformers (as the dry run says)
+    "grpo": {**RECIPE["grpo"], "max_steps": FSDP_STEPS["grpo"], "fast_rollout": False},
+}
+PROBE = [[1, 17, 5, 23, 9, 41, 2, 30]]  # token ids the logits are compared on
+
+FSDP_LAUNCHER = r"""
+import json, sys
+import torch
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
+from torch.distributed.tensor import DTensor
+import reasoner.rl.grpo as grpo
+import reasoner.rl.sft as sft
+from reasoner.rl.recipe import Recipe
+from reasoner.rl.train import train
+
+recipe_path, out_dir = sys.argv[1], sys.argv[2]
+PROBE = %r
+
+# accelerate 1.15 turns an FSDP config into FSDP only from a GPU distributed type (MULTI_GPU, ...); on CPU it
+# keeps MULTI_CPU and drops the plugin, so the run would be plain data parallel. Switch it on as a GPU run would.
+_init = AcceleratorState.__init__
+def init(self, *args, fsdp_plugin=None, **kwargs):
+    _init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None:
+        self.fsdp_plugin = fsdp_plugin
+    # every AcceleratorState() copies PartialState's MULTI_CPU back in, so this runs on each one, not once
+    if getattr(self, "fsdp_plugin", None) is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        self.distributed_type = DistributedType.FSDP
+AcceleratorState.__init__ = init
+
+def recorded(stage, run):
+    def wrapper(*args, **kwargs):
+        trainer = run(*args, **kwargs)
+        acc, model = trainer.accelerator, trainer.model
+        params = list(model.parameters())
+        sharded = [p for p in params if isinstance(p, DTensor)]
+        model.eval()
+        with torch.no_grad():  # every rank: the sharded model all-gathers layer by layer
+            logits = model(input_ids=torch.tensor(PROBE)).logits
+        record = {"rank": acc.process_index, "distributed_type": str(acc.distributed_type),
+                  "fsdp2": acc.is_fsdp2, "backend": acc.state.backend, "global_step": trainer.state.global_step,
+                  "sharded": len(sharded), "params": len(params),
+                  "local_numel": sum(p.to_local().numel() for p in sharded), "numel": sum(p.numel() for p in sharded)}
+        with open(f"{out_dir}/{stage}-rank{record['rank']}.json", "w") as f:
+            json.dump(record, f)
+        if acc.is_main_process:
+            torch.save(logits, f"{out_dir}/{stage}-logits.pt")
+        return trainer
+    return wrapper
+
+sft.run_sft = recorded("sft", sft.run_sft)
+grpo.run_grpo = recorded("grpo", grpo.run_grpo)
+train(Recipe.load(recipe_path))
+""" % (PROBE,)
+
+
+def probe_logits(source) -> torch.Tensor:
+    model, _ = load_model(source)
+    with torch.no_grad():
+        return model.eval()(input_ids=torch.tensor(PROBE)).logits
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoints_are_the_whole_model(tmp_path):
+    config = yaml.safe_load((REPO / "configs" / "accelerate" / "fsdp.yaml").read_text())
+    config.update(num_processes=2, main_process_ip="127.0.0.1")  # the shipped FSDP2 settings, on 2 CPU processes
+    config_file = tmp_path / "fsdp-2proc.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    run, records = launch(tmp_path, config_file, FSDP_LAUNCHER, FSDP_RECIPE)
+
+    fresh = probe_logits("tiny")
+    for stage, steps in FSDP_STEPS.items():
+        rank0, rank1 = (json.loads((records / f"{stage}-rank{r}.json").read_text()) for r in (0, 1))
+        assert rank0["distributed_type"].endswith("FSDP") and rank0["fsdp2"] and rank0["backend"] == "gloo"
+        assert rank0["global_step"] == steps
+        # really sharded: every weight is a DTensor and each rank holds about half of them
+        assert rank0["sharded"] == rank0["params"] > 0
+        assert rank0["local_numel"] + rank1["local_numel"] == rank0["numel"]
+        assert rank0["local_numel"] < 0.6 * rank0["numel"]
+
+        sharded = torch.load(records / f"{stage}-logits.pt")
+        for checkpoint in (run / stage / "final", run / stage / f"checkpoint-{steps}"):
+            assert is_checkpoint(checkpoint)
+            whole = probe_logits(checkpoint)  # one process, no torch.distributed
+            assert whole.shape == sharded.shape
+            diff = (whole - sharded).abs().max().item()
+            print(f"{stage} {checkpoint.name}: max |logits - sharded model's| = {diff:.3g}")
+            assert diff < 1e-5, f"{checkpoint} is not the model that was trained"
+        assert (sharded - fresh).abs().max().item() > 1e-3  # and that model did train
