@@ -6,8 +6,8 @@ e_score_correction_bias buffers (updated by our balancer, which DDP does not ave
 and each rank's own expert loads before the all-reduce (which must differ: the ranks saw different data).
 
 FSDP2, through the shipped configs/accelerate/fsdp.yaml on 2 processes: each rank holds half of every sharded
-weight, and the stage's final/ (and every checkpoint-N/) must still be the whole model: loaded in one process it
-gives the logits the sharded model gave."""
+weight, and each stage's final/ and checkpoint-N/ must still be the whole model: loaded in one process it gives the
+logits the sharded model gave. SFT trains LoRA adapters (merged into final/), GRPO every weight."""
 from __future__ import annotations
 
 import json
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from peft import PeftModel
 
 from reasoner.model import is_checkpoint, load_model
 
@@ -128,22 +129,34 @@ FSDP_RECIPE = {
     "sft": {**RECIPE["sft"], "max_steps": FSDP_STEPS["sft"]},
     # our rollout engine reads whole weights, so sharded GRPO samples with transformers (as the dry run says)
     "grpo": {**RECIPE["grpo"], "max_steps": FSDP_STEPS["grpo"], "fast_rollout": False},
+    # the routers' biases stay put: a LoRA checkpoint-N holds only the adapters, so moved biases would be missing
+    "balance": {"gamma": 0.0},
 }
 PROBE = [[1, 17, 5, 23, 9, 41, 2, 30]]  # token ids the logits are compared on
 
 FSDP_LAUNCHER = r"""
-import json, sys
+import dataclasses, json, sys
 import torch
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 import reasoner.rl.grpo as grpo
 import reasoner.rl.sft as sft
+import reasoner.rl.train as training
 from reasoner.rl.recipe import Recipe
-from reasoner.rl.train import train
 
 recipe_path, out_dir = sys.argv[1], sys.argv[2]
 PROBE = %r
+
+# LoRA on the SFT stage only (recipes put it on every stage): one launch gathers merged adapters and full weights.
+current = []
+_stage, _with_lora = training._stage, training.with_lora
+def stage(result, name, *args, **kwargs):
+    current[:] = [name]
+    return _stage(result, name, *args, **kwargs)
+def with_lora(model, config):
+    return _with_lora(model, dataclasses.replace(config, enabled=current == ["sft"], r=4))
+training._stage, training.with_lora = stage, with_lora
 
 # accelerate 1.15 turns an FSDP config into FSDP only from a GPU distributed type (MULTI_GPU, ...); on CPU it
 # keeps MULTI_CPU and drops the plugin, so the run would be plain data parallel. Switch it on as a GPU run would.
@@ -179,12 +192,14 @@ def recorded(stage, run):
 
 sft.run_sft = recorded("sft", sft.run_sft)
 grpo.run_grpo = recorded("grpo", grpo.run_grpo)
-train(Recipe.load(recipe_path))
+training.train(Recipe.load(recipe_path))
 """ % (PROBE,)
 
 
-def probe_logits(source) -> torch.Tensor:
+def probe_logits(source, adapter: Path | None = None) -> torch.Tensor:
     model, _ = load_model(source)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
     with torch.no_grad():
         return model.eval()(input_ids=torch.tensor(PROBE)).logits
 
@@ -208,9 +223,12 @@ def test_fsdp_checkpoints_are_the_whole_model(tmp_path):
         assert rank0["local_numel"] < 0.6 * rank0["numel"]
 
         sharded = torch.load(records / f"{stage}-logits.pt")
-        for checkpoint in (run / stage / "final", run / stage / f"checkpoint-{steps}"):
-            assert is_checkpoint(checkpoint)
-            whole = probe_logits(checkpoint)  # one process, no torch.distributed
+        final, step = run / stage / "final", run / stage / f"checkpoint-{steps}"
+        # one process, no torch.distributed; SFT's checkpoint-N holds the LoRA adapters, on top of its start
+        loaded = {final: (final, None), step: ("tiny", step) if stage == "sft" else (step, None)}
+        for checkpoint, (source, adapter) in loaded.items():
+            assert (adapter / "adapter_config.json").is_file() if adapter else is_checkpoint(source)
+            whole = probe_logits(source, adapter)
             assert whole.shape == sharded.shape
             diff = (whole - sharded).abs().max().item()
             print(f"{stage} {checkpoint.name}: max |logits - sharded model's| = {diff:.3g}")
