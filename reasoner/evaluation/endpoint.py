@@ -31,6 +31,7 @@ from reasoner.evaluation.grading import grade_many
 from reasoner.evaluation.metrics import Metric, bootstrap, voted_completion
 from reasoner.serving.backends import Backend, BackendError, Sampling
 from reasoner.progress import printable, progress
+from reasoner.prompts import recipe_style, render
 from reasoner.tasks.base import Problem
 
 MAX_N_PER_REQUEST = 16   # `reasoner serve` takes at most 16 choices a request; more are split over requests
@@ -42,15 +43,8 @@ CHECKED = ("served_model", "task", "split", "level", "seed", "samples", "tempera
 
 
 def prompt_messages(question: str, style: str = "plain") -> list[dict]:
-    """The chat messages `render_prompt` renders locally: the question alone, or after R1's system prompt."""
-    from reasoner.rl.data import PROMPT_STYLES, r1_system_prompt
-
-    if style not in PROMPT_STYLES:
-        raise ReasonerError(f"unknown prompt style {style!r}; styles: {', '.join(PROMPT_STYLES)}")
-    messages = [{"role": "user", "content": question}]
-    if style == "r1":
-        messages.insert(0, {"role": "system", "content": r1_system_prompt()})
-    return messages
+    """The chat messages a checkpoint trained with the recipe's `task.prompt_style` saw (plain or r1)."""
+    return render("solve", recipe_style(style), question=question)
 
 
 def problem_seed(seed: int, problem_id: str) -> int:
