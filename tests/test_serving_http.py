@@ -136,6 +136,22 @@ def test_requests_that_arrive_together_share_model_calls(server):
     assert server.service.batcher.calls - before <= 3  # 8 requests of one 16-token segment each
 
 
+def test_a_seeded_sampled_reply_does_not_depend_on_what_else_runs(server):
+    seeded = {"messages": USER, "max_tokens": 40, "temperature": 1.0, "seed": 11}
+    alone = post(server, seeded)[1]["choices"][0]["message"]["content"]
+    replies = {}
+    others = [{"messages": [{"role": "user", "content": f"{i}*{i}"}], "max_tokens": 40, "temperature": 1.0}
+              for i in range(4)]
+    threads = [threading.Thread(target=lambda i=i, body=body: replies.__setitem__(i, post(server, body)))
+               for i, body in enumerate([seeded] + others)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {status for status, _ in replies.values()} == {200}
+    assert replies[0][1]["choices"][0]["message"]["content"] == alone
+
+
 def served_once_a_slot_is_free(server, seconds: float = 20) -> bool:
     """A small request, retried while the server answers 429; whether it was served in time."""
     deadline = time.monotonic() + seconds
