@@ -10,15 +10,15 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import openai
 
-from reasoner import generation
 from reasoner.errors import ReasonerError
-from reasoner.generation import Output
-from reasoner.model import load_model
 from reasoner.sampling import Sampling
+
+if TYPE_CHECKING:
+    from reasoner.generation import Output
 
 
 class BackendError(ReasonerError):
@@ -55,6 +55,8 @@ class LocalBackend(Backend):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "LocalBackend":
+        from reasoner.model import load_model  # torch: see generate_ids
+
         model, tokenizer = load_model(path)
         return cls(model, tokenizer, name=Path(str(path)).name)
 
@@ -74,6 +76,10 @@ class LocalBackend(Backend):
     def generate_ids(self, prompt_ids: list[list[int]], sampling: Sampling, n: int = 1,
                      timeout: float | None = None) -> list[Output]:
         """n completions per prompt, prompt-major."""
+        # Here, not at the top: torch + transformers take 3-14 s to import, and the OpenAI and scripted backends
+        # (solve/eval --base-url, the graph and its tests, which import this module) never need them.
+        from reasoner import generation
+
         return generation.generate(self.model, self.tokenizer, prompt_ids, sampling, n, timeout)
 
     def decode(self, token_ids: list[int]) -> str:
