@@ -3,7 +3,7 @@
     python benchmarks/serve.py                       # runs/demo/sft/final; ends with `concurrency_speedup=X errors=N`
     python benchmarks/serve.py --model DIR           # any checkpoint directory
     python benchmarks/serve.py --tiny                # an untrained tiny checkpoint (plumbing only, no `make demo`)
-    python benchmarks/serve.py --soak                # 2,000 requests; ends with the server's RSS after 100 and after all
+    python benchmarks/serve.py --soak                # 2,000 requests; the server's RSS after 100 and after all
 
 Starts `reasoner serve` as a subprocess and talks to it over HTTP on 127.0.0.1 through the `openai` client.
 The same 64 countdown questions (greedy, so each has one right reply) go once from 16 concurrent clients and

@@ -51,7 +51,8 @@ def test_the_pipeline_model_answers_with_its_trace(client, traces):
     message, solution = body["choices"][0]["message"], body["solution"]
     assert body["trace_id"] == solution["trace_id"] and solution["status"] in ("unverified", "failed")
     assert message["content"] == (solution["answer"] or "")
-    assert message["reasoning_content"].startswith(f"trace {body['trace_id']}") and "plan" in message["reasoning_content"]
+    reasoning = message["reasoning_content"]
+    assert reasoning.startswith(f"trace {body['trace_id']}") and "plan" in reasoning
     trace = show(traces, body["trace_id"])
     assert trace["id"] == body["trace_id"] and trace["source"] == "pipeline" and trace["prompt"] == "12+5"
 

@@ -110,7 +110,7 @@ class Chunks:
         self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
 
     def sse(self, choices: list[ChunkChoice], **extra) -> str:
-        choices = [c for c in choices if c.finish_reason or c.delta.role or c.delta.content or c.delta.reasoning_content]
+        choices = [c for c in choices if c.finish_reason or any(c.delta.model_dump(exclude_none=True).values())]
         if not choices and not any(extra.values()):
             return ""
         chunk = ChatChunk(id=self.id, created=self.created, model=self.model, choices=choices, **extra)
