@@ -76,3 +76,12 @@ def test_a_streamed_pipeline_run_reports_progress_as_it_goes(client, traces):
 def test_the_pipeline_model_needs_a_user_message(client):
     with pytest.raises(openai.BadRequestError, match="needs a user message"):
         client.chat.completions.create(model="reasoner-pipeline", messages=[{"role": "system", "content": "hi"}])
+
+
+def test_a_problem_the_pipeline_refuses_gets_its_message_whole_or_streamed(client):
+    long = [{"role": "user", "content": "1+" * 30_000}]
+    with pytest.raises(openai.BadRequestError, match="the problem is 60,000 characters; the limit is 50,000"):
+        client.chat.completions.create(model="reasoner-pipeline", messages=long)
+    with pytest.raises(openai.APIError, match="the problem is 60,000 characters; the limit is 50,000"):
+        for _ in client.chat.completions.create(model="reasoner-pipeline", messages=long, stream=True):
+            pass

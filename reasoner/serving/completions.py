@@ -12,8 +12,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
+from reasoner.errors import ReasonerError
 from reasoner.serving.batcher import Batcher, Job, Row
-from reasoner.serving.guards import Rejected, Slot
+from reasoner.serving.guards import Slot
 from reasoner.serving.pipeline_model import PipelineModel, progress_line
 from reasoner.serving.reasoning import ReasoningStream, split_reasoning
 from reasoner.serving.schemas import (AssistantMessage, ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice,
@@ -121,8 +122,10 @@ class Chunks:
 
 
 def sse_error(err) -> str:
-    message = err.message if isinstance(err, Rejected) else "the model failed on this request"
-    return f"data: {json.dumps(error_body(message, 'server_error', 500))}\n\n"
+    """An error after the stream began (its status was already 200): an OpenAI error body as the last event."""
+    if isinstance(err, ReasonerError):  # e.g. the pipeline refused the problem: the client's to fix
+        return f"data: {json.dumps(error_body(str(err), 'invalid_request_error', 400))}\n\n"
+    return f"data: {json.dumps(error_body('the model failed on this request', 'server_error', 500))}\n\n"
 
 
 # ---------------------------------------------------------------- the pipeline
