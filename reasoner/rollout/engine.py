@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reasoner.rollout.ffn import FFN
+from reasoner.rollout.ffn import FFN, as_float32
 from reasoner.rollout.output import Completion, Output
 from reasoner.rollout.sampling import Sampling, sample
 from reasoner.rollout.speculative import generate_chunk_speculative
@@ -255,7 +255,7 @@ class RolloutEngine:
 
     # ----------------------------------------------------------------------------------------- forward
     def _attention(self, layer: _Layer, li: int, h, freqs, mask, write) -> torch.Tensor:
-        """Absorbed MLA. h: [B, S, hidden]; freqs: complex [B, S, R/2]; mask: additive, broadcast to [B, S, H, T].
+        """Absorbed MLA. h: [B, S, hidden]; freqs: complex [B, S, 1, R/2]; mask: additive, broadcast to [B, S, H, T].
 
         write(li, latent [B, S, C], k_rope [B, S, R]) stores the new cache rows and returns the keys [B, T, C+R]."""
         a = layer.attn
@@ -264,18 +264,19 @@ class RolloutEngine:
         y = F.linear(h, layer.w_in)  # [B, S, H*(C+R) + C+R], or [B, S, q_lora_rank + C+R]
         if layer.wq_abs is None:
             y = y.view(B, S, H + 1, C + R)  # heads [absorbed nope | rope], then the new row [latent | k_rope]
-            _rope_(y[..., C:], freqs[:, :, None])  # the queries' rope parts and the key's, in one go
+            _rope_(y[..., C:], freqs)  # the queries' rope parts and the key's, in one go
             q, kv = y[:, :, :H], y[:, :, H]  # q: [B, S, H, C+R], kv: [B, S, C+R]
         else:
             q_in, kv = y.split((y.shape[-1] - C - R, C + R), dim=-1)
             q_in = _rms_norm(q_in, a.q_a_layernorm.weight, a.q_a_layernorm.variance_epsilon)
             q = F.linear(q_in, layer.wq_abs).view(B, S, H, C + R)
-            _rope_(q[..., C:], freqs[:, :, None])
-            _rope_(kv[..., C:], freqs)
+            _rope_(q[..., C:], freqs)
+            _rope_(kv[..., C:], freqs[:, :, 0])
         latent = _rms_norm(kv[..., :C], a.kv_a_layernorm.weight, a.kv_a_layernorm.variance_epsilon)  # [B, S, C]
         keys = write(li, latent, kv[..., C:])  # [B, T, C+R]
         scores = torch.bmm(q.reshape(B, S * H, C + R), keys.transpose(1, 2))  # [B, S*H, T], softmax scale folded in
-        probs = torch.softmax(scores.view(B, S, H, -1).add_(mask), dim=-1, dtype=torch.float32).to(keys.dtype)
+        probs = torch.softmax(scores.view(B, S, H, -1).add_(mask), dim=-1, dtype=torch.float32)
+        probs = probs if probs.dtype == keys.dtype else probs.to(keys.dtype)
         out = torch.bmm(probs.view(B, S * H, -1), keys[..., :C])  # [B, S*H, C]
         return F.linear(out.view(B, S, H * C), layer.wo_abs)
 
@@ -296,7 +297,7 @@ class RolloutEngine:
 
     def _head(self, normed: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden states [..., hidden] -> float32 logits [..., vocab]."""
-        return self._lm_head(normed).float()
+        return as_float32(self._lm_head(normed))
 
     def _mtp_forward(self, ids, hidden, freqs, mask, write) -> torch.Tensor:
         """The MTP depth-1 block: token ids [B, S] (token i+1 at slot i) and the main model's normed hidden
@@ -329,7 +330,7 @@ class RolloutEngine:
 
     def prefill_groups(self, pad, S: int, G: int):
         """Prompts in groups [a, b) whose [prompts, S, heads, S] scores stay within prefill_budget elements, each
-        with its rope freqs [b-a, S, R/2], causal mask [b-a, S, 1, S] and a cache writer for slots 0..S-1."""
+        with its rope freqs [b-a, S, 1, R/2], causal mask [b-a, S, 1, S] and a cache writer for slots 0..S-1."""
         step = max(1, self.prefill_budget // (S * S * self.num_heads))
         slots = torch.arange(S, device=pad.device)
         for a in range(0, len(pad), step):
@@ -340,7 +341,8 @@ class RolloutEngine:
                 self._cache[li, rows, :S] = kv.repeat_interleave(G, dim=0)
                 return kv
 
-            yield a, b, self._rope_tables[(slots - pad[a:b, None]).clamp(min=0)], self._prefill_mask(pad[a:b], S), write
+            freqs = self._rope_tables[(slots - pad[a:b, None]).clamp(min=0)][:, :, None]
+            yield a, b, freqs, self._prefill_mask(pad[a:b], S), write
 
     @staticmethod
     def _prefill_mask(pad: torch.Tensor, S: int) -> torch.Tensor:
@@ -363,7 +365,7 @@ class RolloutEngine:
             cache[li, :B, slot, C:] = k_rope[:, 0]
             return cache[li, :B, : slot + 1]  # keys: [B, slot + 1, C+R]
 
-        x = self._trunk(tok[:, None], self._rope_tables[position][:, None], mask, write)  # x: [B, 1, hidden]
+        x = self._trunk(tok[:, None], self._rope_tables[position][:, None, None], mask, write)  # x: [B, 1, hidden]
         self.stats["decode_steps"] += 1
         return self._head(self._final_norm(x[:, -1]))
 

@@ -25,9 +25,13 @@ MAX_PACKED_WEIGHTS = 1 << 20  # a layer's expert weights, all together: beyond t
 MAX_PACKED_MACS = 1 << 24  # tokens x packed weights: beyond this the wasted multiply-adds cost more than dispatch
 
 
+def as_float32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()  # skips a no-op dispatch: decode steps are op-bound
+
+
 def route(gate: DeepseekV3TopkRouter, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' router arithmetic. x: [N, hidden] -> (weights [N, k] float32, expert ids [N, k])."""
-    scores = F.linear(x.float(), gate.weight.float()).sigmoid()  # [N, E]
+    scores = F.linear(as_float32(x), as_float32(gate.weight)).sigmoid()  # [N, E]
     choice = scores + gate.e_score_correction_bias
     if gate.num_group > 1:  # keep the topk_group groups with the best sum of their top-2 scores
         groups = choice.view(len(x), gate.num_group, -1)  # [N, groups, E / groups]
@@ -110,6 +114,7 @@ class FFN:
         act = F.silu(gate).mul_(up)  # [N, units]
         if self.router is not None:
             weights, experts = route(self.router, x)  # [N, k]
-            per_block = self.base_weights.expand(tokens, -1).scatter(1, experts, weights.to(act.dtype))
+            weights = weights if weights.dtype == act.dtype else weights.to(act.dtype)
+            per_block = self.base_weights.expand(tokens, -1).scatter(1, experts, weights)
             act = act.view(tokens, -1, self.block).mul_(per_block[:, :, None])  # [N, blocks, I]
         return F.linear(act.view(tokens, -1), self.w_out).view(h.shape)

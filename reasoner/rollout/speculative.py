@@ -36,6 +36,7 @@ def generate_chunk_speculative(engine, prompts: list[list[int]], first_index: in
     out.emit(tok, lp, logits)
     state = _State(n=torch.full_like(tok, P), last=tok, prev=ids[:, P - 1].repeat_interleave(G),
                    h2=hidden[:, P - 2:].repeat_interleave(G, dim=0), pad=pad.repeat_interleave(G))
+    state.masks = _pad_masks(engine, state.pad, P)
     while not out.all_done() and not request.out_of_time():
         _step(engine, state, out, request)
         state.select(engine.compact_rows(out, int(state.n.max()) + 2, *state.tensors()))
@@ -59,56 +60,63 @@ def _step(engine, state, out: Output, request) -> None:
 
 
 class _State:
-    """Per row: n (cache slot of `last`), last, prev (the token at n-1), h2 (main hidden at n-2, n-1), pad."""
+    """Per row: n (cache slot of `last`), last, prev (the token at n-1), h2 (main hidden at n-2, n-1), pad (left
+    padding) and masks ([B, 2, slots], additive: -inf on the padding, for the main model and for the draft)."""
 
     def __init__(self, n, last, prev, h2, pad):
-        self.n, self.last, self.prev, self.h2, self.pad = n, last, prev, h2, pad
+        self.n, self.last, self.prev, self.h2, self.pad, self.masks = n, last, prev, h2, pad, None
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.n, self.last, self.prev, self.h2, self.pad
+        return self.n, self.last, self.prev, self.h2, self.pad, self.masks
 
     def select(self, tensors) -> None:
-        self.n, self.last, self.prev, self.h2, self.pad = tensors
+        self.n, self.last, self.prev, self.h2, self.pad, self.masks = tensors
 
     def advance(self, active, accepted, x1, x2, hidden) -> None:
-        """Accepted rows move by 2 (prev=x1, last=x2), rejected ones by 1 (prev=last, last=x1); done rows stay."""
-        acc = accepted & active
-        rej = ~accepted & active
-        h2_rej = torch.stack((self.h2[:, 1], hidden[:, 0]), dim=1)
-        self.h2 = torch.where(acc[:, None, None], hidden, torch.where(rej[:, None, None], h2_rej, self.h2))
-        self.prev = torch.where(acc, x1, torch.where(rej, self.last, self.prev))
-        self.last = torch.where(acc, x2, torch.where(rej, x1, self.last))
-        self.n = self.n + active.long() + acc.long()
+        """Accepted rows move by 2 (prev=x1, last=x2), rejected ones by 1 (prev=last, last=x1). Done rows keep
+        their slot; their tokens are never emitted again, so what else they hold does not matter."""
+        self.n = self.n + (accepted & active).long() + active.long()
+        self.h2 = torch.where(accepted[:, None, None], hidden, torch.stack((self.h2[:, 1], hidden[:, 0]), dim=1))
+        self.prev = torch.where(accepted, x1, self.last)
+        self.last = torch.where(accepted, x2, x1)
 
 
-def _step_inputs(engine, state, slots):
-    """(rope freqs [B, S, R/2], additive mask [B, S, 1, T], cache writer) for queries at per-row `slots` [B, S]."""
-    B = slots.shape[0]
-    keys = int(slots.max()) + 1
+def _pad_masks(engine, pad, P: int) -> torch.Tensor:
+    """[B, 2, slots] additive: -inf on each row's left padding; [:, 0] for the main model, [:, 1] for the draft.
+    A one-token prompt's first draft queries slot P-2, which is padding: the draft's mask leaves that slot
+    visible, so no query sees nothing (it only shapes that row's drafts, never what is emitted)."""
+    slots = torch.arange(engine._cache.shape[2], device=pad.device)
+    masks = torch.zeros(len(pad), 2, len(slots), device=pad.device)
+    masks.masked_fill_(slots < pad[:, None, None], float("-inf"))
+    masks[:, 1, P - 2] = 0.0
+    return masks
+
+
+def _step_inputs(engine, state, slots, mask_index: int):
+    """(rope freqs [B, S, 1, R/2], additive mask [B, S, 1, T], cache writer) for queries at per-row `slots` [B, S]."""
+    B, keys = slots.shape[0], int(slots.max()) + 1
     k = torch.arange(keys, device=slots.device)
-    allowed = ((k >= state.pad[:, None, None]) & (k <= slots[:, :, None])) | (k == slots[:, :, None])
-    mask = torch.zeros(B, slots.shape[1], 1, keys, dtype=torch.float32, device=slots.device)
-    mask.masked_fill_(~allowed[:, :, None, :], float("-inf"))
+    mask = state.masks[:, mask_index, None, None, :keys].masked_fill(k > slots[:, :, None, None], float("-inf"))
     rows, cache = torch.arange(B, device=slots.device)[:, None], engine._cache
 
     def write(li, latent, k_rope):  # [B, S, C], [B, S, R]
         cache[li, rows, slots] = torch.cat((latent, k_rope), dim=-1)
         return cache[li, :B, :keys]
 
-    return engine._rope_tables[(slots - state.pad[:, None]).clamp(min=0)], mask, write
+    return engine._rope_tables[(slots - state.pad[:, None]).clamp(min=0)][:, :, None], mask, write
 
 
 def _draft(engine, state, params, generator):
     """MTP at slots n-2, n-1 -> (draft logits [B, vocab], draft tokens [B]) for slot n+1."""
-    freqs, mask, write = _step_inputs(engine, state, torch.stack((state.n - 2, state.n - 1), dim=1))
+    freqs, mask, write = _step_inputs(engine, state, torch.stack((state.n - 2, state.n - 1), dim=1), 1)
     x = engine._mtp_forward(torch.stack((state.prev, state.last), dim=1), state.h2, freqs, mask, write)
     logits = engine._mtp_logits(x[:, 1])
-    return logits, sample(logits, params, generator)[0]
+    return logits, (logits.argmax(dim=-1) if params.greedy else sample(logits, params, generator)[0])
 
 
 def _verify(engine, state, draft):
     """Main model on [last, draft] at slots n, n+1 -> (logits [B, 2, vocab], normed hidden [B, 2, hidden])."""
-    freqs, mask, write = _step_inputs(engine, state, torch.stack((state.n, state.n + 1), dim=1))
+    freqs, mask, write = _step_inputs(engine, state, torch.stack((state.n, state.n + 1), dim=1), 0)
     hidden = engine._final_norm(engine._trunk(torch.stack((state.last, draft), dim=1), freqs, mask, write))
     return engine._head(hidden), hidden
 
