@@ -191,8 +191,7 @@ def gather_for_save(trainer, model):
     (other ranks get an empty dict). Unsharded (one process, DDP) the module holds every weight: state dict None.
     """
     sharded = trainer.accelerator.distributed_type in SHARDED
-    lora = hasattr(model, "merge_and_unload")
-    if sharded and lora and trainer.accelerator.distributed_type == DistributedType.DEEPSPEED:
+    if hasattr(model, "merge_and_unload") and trainer.accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ReasonerError("LoRA under ZeRO-3: the adapters cannot be merged into partitioned weights; train LoRA "
                             "under FSDP or DDP (the adapter checkpoints are in checkpoint-N/)")
     to_save = merged(model)  # under FSDP every rank merges its own shard: the same collectives on all ranks
