@@ -39,7 +39,7 @@ def test_streamed_pieces_add_up_to_the_whole_split(text):
 
 class Replies(BaseHTTPRequestHandler):
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         body = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": {
             "role": "assistant", "content": "<answer>12</answer>", "reasoning_content": "7+5=12"}}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 9}}).encode()
@@ -55,11 +55,16 @@ class Replies(BaseHTTPRequestHandler):
 
 def test_openai_backend_puts_separate_reasoning_back_in_its_tags():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Replies)
+    server.bodies = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        [reply] = OpenAIBackend(url, "m").generate([{"role": "user", "content": "7+5"}], 1, Sampling())
+        backend = OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}/v1", "m")
+        [reply] = backend.generate([{"role": "user", "content": "7+5"}], 1, Sampling())
+        backend.generate([{"role": "user", "content": "7+5"}], 1, Sampling(seed=3, stop=("</answer>",), top_k=5))
     finally:
         server.shutdown()
         server.server_close()
     assert reply.text == "<think>7+5=12</think><answer>12</answer>" and reply.completion_tokens == 9
+    plain, seeded = server.bodies
+    assert not {"seed", "stop", "top_k"} & set(plain)  # unset fields are left out, not sent as null
+    assert (seeded["seed"], seeded["stop"], seeded["top_k"]) == (3, ["</answer>"], 5)

@@ -134,7 +134,7 @@ class OpenAIBackend(Backend):
         try:
             response = self._client.chat.completions.with_raw_response.create(
                 model=self.name, messages=messages, n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens, seed=sampling.seed, stop=list(sampling.stop) or None,
+                max_tokens=sampling.max_tokens, seed=_given(sampling.seed), stop=_given(list(sampling.stop) or None),
                 timeout=timeout, extra_body=extra)
             return json.loads(response.http_response.text)
         except openai.APIStatusError as err:
@@ -146,6 +146,11 @@ class OpenAIBackend(Backend):
             raise BackendError(f"{self.url}: cannot connect: {err.__cause__ or err}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BackendError(f"{self.url}: the reply is not JSON") from None
+
+
+def _given(value):
+    """None as "leave the field out" (as our requests always did), not as null."""
+    return openai.NOT_GIVEN if value is None else value
 
 
 def _choice_text(choice: dict) -> str:
