@@ -92,7 +92,7 @@ class Service:
     def _check_size(self, chat: ChatRequest) -> None:
         if chat.n > self.limits.max_n:
             raise Rejected(413, f"'n' is {chat.n}; this server draws at most {self.limits.max_n} per request")
-        asked = chat.requested_tokens(self.settings.default_max_tokens)
+        asked = chat.max_tokens or chat.max_completion_tokens or 0  # the server's own default is not limited
         if asked > self.limits.max_tokens:
             raise Rejected(413, f"'max_tokens' is {asked}; this server allows at most {self.limits.max_tokens}")
 
