@@ -4,8 +4,9 @@ The teacher is the demo's GRPO checkpoint solving train problems through the pip
 user has (plans computed by the calculator and voted; never a gold answer). Its answers become direct-answer
 SFT data, and the same checkpoint trained on them (the student) answers directly. Both are scored greedily on
 the held-out (test) split by the grader, with 95% bootstrap CIs. Chosen on the validation split, never on
-test: the level (teacher's direct accuracy below 30%, the pipeline's largest lead over it) and the student's
-learning rate. The grader also reports, on the train split, how many kept labels were right (never used to
+test: the level (teacher's direct accuracy below 30%, the pipeline's largest lead over it), which kept answers
+to learn from (all, or only solves that settled within N completions: the pipeline draws again when its plans
+have no clear majority, so this is its own confidence, known at solve time) and the student's learning rate. The grader also reports, on the train split, how many kept labels were right (never used to
 keep them).
 
     python benchmarks/distill.py            # the measurement: ends with distill_gain=X (points, test split)
@@ -28,7 +29,7 @@ from reasoner.evaluation.compare import PipelineSettings, solve_through_pipeline
 from reasoner.evaluation.grading import grade_many
 from reasoner.evaluation.metrics import bootstrap
 from reasoner.progress import quiet_libraries
-from reasoner.rl.distill import Filters, PipelineTeacher, collect, read_rows
+from reasoner.rl.distill import Filters, PipelineTeacher, collect, read_rows, rows_settled_within, write_rows_atomically
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.train import train_on_dataset
 from reasoner.serving.backends import LocalBackend
@@ -50,25 +51,32 @@ def main() -> None:
     problems = {split: task.problems(split, n, level=level, seed=args.seed) for split, n in
                 (("train", args.train_problems), ("validation", args.n_validation), ("heldout", args.n_test))}
     kept = distill_round(args, problems["train"], settings, out)
-    students = {lr: train_student(args, kept.dataset, lr, out) for lr in args.learning_rates}
-    validation = {lr: direct(path, problems["validation"], task).value for lr, path in students.items()}
+    datasets = {drawn: settled_dataset(kept, drawn, out) for drawn in args.max_drawn}
+    students = {(drawn, lr): train_student(args, datasets[drawn], lr, out, drawn)
+                for drawn in args.max_drawn for lr in args.learning_rates}
+    validation = {key: direct(path, problems["validation"], task).value for key, path in students.items()}
     best = max(validation, key=validation.get)
     teacher_test = direct(args.teacher, problems["heldout"], task, out / "teacher-test.jsonl")
     student_test = direct(students[best], problems["heldout"], task, out / "student-test.jsonl")
     summary = {"teacher": args.teacher, "task": args.task, "level": level, "level_choice": choice,
                "pipeline_settings": settings.options(), "train_problems": len(problems["train"]),
                "kept_rows": len(kept.rows), "distill_report": kept_report(kept.report),
-               "kept_label_accuracy_train": label_accuracy(kept.rows, problems["train"]),
-               "student_steps": args.steps, "student_validation": {f"{lr:g}": v for lr, v in validation.items()},
-               "student_learning_rate": best, "student": str(students[best]), "n_test": len(problems["heldout"]),
+               "rows_by_max_drawn": {str(d): len(read_rows(path)) for d, path in datasets.items()},
+               "label_accuracy_train_by_max_drawn": {str(d): label_accuracy(read_rows(path), problems["train"])
+                                                     for d, path in datasets.items()},
+               "student_steps": args.steps,
+               "student_validation": {f"max_drawn={d} lr={lr:g}": v for (d, lr), v in validation.items()},
+               "student_max_drawn": best[0], "student_learning_rate": best[1], "student": str(students[best]),
+               "n_test": len(problems["heldout"]),
                "teacher_direct_test": teacher_test.to_dict(), "student_direct_test": student_test.to_dict(),
                "distill_gain_points": round(100 * (student_test.value - teacher_test.value), 1),
                "seconds": round(time.perf_counter() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"level {level} ({args.task}), chosen on validation: {choice}")
-    print(f"kept {len(kept.rows)} rows from {len(problems['train'])} train problems; right on train (grader, "
-          f"reported only): {100 * summary['kept_label_accuracy_train']:.1f}%")
-    print(f"student lr {best:g} (validation direct: {validation})")
+    print(f"kept {len(kept.rows)} rows from {len(problems['train'])} train problems; by max_drawn: "
+          f"{summary['rows_by_max_drawn']} rows, right on train (grader, reported only): "
+          f"{summary['label_accuracy_train_by_max_drawn']}")
+    print(f"student: max_drawn {best[0]}, lr {best[1]:g} (validation direct: {summary['student_validation']})")
     print(f"test split, greedy, n={len(problems['heldout'])}: teacher direct {teacher_test}, student direct {student_test}")
     print(f"distill_gain={summary['distill_gain_points']}")
 
@@ -83,17 +91,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--steps", type=int, default=400, help="student SFT steps")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rates", type=float, nargs="+", default=[3e-4, 1e-3])
+    parser.add_argument("--learning-rates", type=float, nargs="+", default=[1e-3, 3e-3])
+    parser.add_argument("--max-drawn", type=lambda v: None if v == "any" else int(v), nargs="+", default=[None, 8],
+                        help="kept sets to try: solves that settled within N completions ('any': all)")
     parser.add_argument("--n-validation", type=int, default=200)
     parser.add_argument("--n-choice", type=int, default=80, help="validation problems for the level's pipeline figure")
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more only fight other jobs on a shared box)")
     parser.add_argument("--output", default="runs/distill")
-    parser.add_argument("--quick", action="store_true", help="600 train problems, 150 steps, one learning rate")
+    parser.add_argument("--quick", action="store_true", help="600 train problems, 150 steps, one learning rate, settled solves only")
     args = parser.parse_args()
     if args.quick:
-        args.train_problems, args.steps, args.learning_rates = 600, 150, [1e-3]
+        args.train_problems, args.steps, args.learning_rates, args.max_drawn = 600, 150, [1e-3], [8]
         args.output = args.output if args.output != "runs/distill" else "runs/distill-quick"
     return args
 
@@ -129,12 +139,21 @@ def distill_round(args, problems, settings: PipelineSettings, out: Path):
                        seed=args.seed, store_path=out / "traces.db")
 
 
-def train_student(args, dataset: Path, learning_rate: float, out: Path) -> Path:
+def settled_dataset(kept, max_drawn: int | None, out: Path) -> Path:
+    """The kept rows whose solve settled within max_drawn completions (the pipeline's own confidence)."""
+    if max_drawn is None:
+        return kept.dataset
+    rows = rows_settled_within(kept.rows, out / "traces.db", max_drawn)
+    return write_rows_atomically(kept.dataset.with_name(f"dataset-drawn{max_drawn}.jsonl"), rows)
+
+
+def train_student(args, dataset: Path, learning_rate: float, out: Path, max_drawn: int | None) -> Path:
     recipe = Recipe.load("demo", [f"output_dir={out}", f"threads={args.threads}", f"seed={args.seed}",
                                   f"sft.max_steps={args.steps}", f"sft.batch_size={args.batch_size}",
                                   f"sft.learning_rate={learning_rate}", "sft.warmup_steps=10", "traces=" +
                                   str(out / "traces.db")])
-    return train_on_dataset(recipe, args.teacher, dataset, stage=f"student-lr{learning_rate:g}")
+    stage = f"student-lr{learning_rate:g}" if max_drawn is None else f"student-drawn{max_drawn}-lr{learning_rate:g}"
+    return train_on_dataset(recipe, args.teacher, dataset, stage=stage)
 
 
 def direct(checkpoint, problems, task, output: Path | None = None):

@@ -142,9 +142,10 @@ class PipelineTeacher:
     """The pipeline (plans, calculator, votes, certificate, sandbox on shown examples) through the public
     API. It sees `Problem.for_solver()` only; its answer is kept when its own verdict is in KEEP_STATUSES."""
 
-    def __init__(self, reasoner: Reasoner, name: str, options: dict, keep_statuses: Sequence[str] = KEEP_STATUSES):
+    def __init__(self, reasoner: Reasoner, name: str, options: dict, keep_statuses: Sequence[str] = KEEP_STATUSES,
+                 max_drawn: int | None = None):
         self.reasoner, self.name, self.options = reasoner, name, dict(options)
-        self.keep_statuses = tuple(keep_statuses)
+        self.keep_statuses, self.max_drawn = tuple(keep_statuses), max_drawn
         self.counters = Counters()
 
     def answer(self, problems: Sequence[Problem], seed: int) -> list[list[Draw]]:
@@ -156,13 +157,28 @@ class PipelineTeacher:
                 self.counters.error(problem, err)
                 out.append([Draw(None, False, "teacher_error")])
                 continue
-            passed = solution.answer is not None and solution.status in self.keep_statuses
+            passed = solution.answer is not None and solution.status in self.keep_statuses and \
+                settled(solution.samples_drawn, self.max_drawn)
             meta = {"pipeline_trace": solution.trace_id, "status": solution.status,
                     "samples_drawn": solution.samples_drawn}
             if solution.answer is None:
                 meta["error"] = solution.error
             out.append([Draw(direct_target(solution), passed, f"pipeline:{solution.status}", meta)])
         return out
+
+
+def settled(samples_drawn: int, max_drawn: int | None) -> bool:
+    """The pipeline's own confidence, known at solve time: it draws again when its plans have no clear
+    majority, so a solve that settled within `max_drawn` completions had one early (None: any)."""
+    return max_drawn is None or samples_drawn <= max_drawn
+
+
+def rows_settled_within(rows: Sequence[dict], store_path: str | Path, max_drawn: int | None) -> list[dict]:
+    """Kept pipeline rows whose solve settled within `max_drawn` completions, read from their traces."""
+    if max_drawn is None:
+        return list(rows)
+    with TraceStore.open(store_path, read_only=True) as store:
+        return [r for r in rows if settled(store.get(r["trace_id"]).metadata["samples_drawn"], max_drawn)]
 
 
 def direct_target(solution) -> str | None:

@@ -37,6 +37,9 @@ def add_parser(subparsers):
     parser.add_argument("--samples", type=int, default=4, metavar="K",
                         help="completions per problem; the pipeline's k per attempt (default: %(default)s)")
     parser.add_argument("--retries", type=int, default=3, help="pipeline: further attempts (default: %(default)s)")
+    parser.add_argument("--max-drawn", type=int, default=None, metavar="N",
+                        help="pipeline: keep only solves that settled within N completions (its own confidence: "
+                             "it draws again when its plans have no clear majority; default: any)")
     parser.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per completion (default: per task)")
     parser.add_argument("--seed", type=int, default=0)
@@ -114,7 +117,7 @@ def _teacher(args, task, out, api_key):
                                                          traces=args.traces or out / "traces.db"))
         options = {"samples": args.samples, "retries": args.retries, "temperature": args.temperature,
                    "max_tokens": max_tokens}
-        return PipelineTeacher(reasoner, f"pipeline({args.teacher})", options)
+        return PipelineTeacher(reasoner, f"pipeline({args.teacher})", options, max_drawn=args.max_drawn)
     sampling = Sampling(args.temperature, max_tokens=max_tokens)
     if url:
         return HTTPTeacher(args.teacher, model_name, args.samples, sampling, api_key=api_key, timeout=args.timeout,
