@@ -58,6 +58,7 @@ def run(args) -> int:
 
     from transformers.utils import logging as hf_logging
 
+    from reasoner.api import checkpoint_prompt_style
     from reasoner.errors import ReasonerError
     from reasoner.model import is_checkpoint
     from reasoner.serving.backends import LocalBackend
@@ -75,7 +76,8 @@ def run(args) -> int:
     backend = LocalBackend.from_pretrained(args.model)
     try:
         server = ChatServer(backend, args.host, args.port, model_name=args.name, max_tokens=args.max_tokens,
-                            request_timeout=args.request_timeout, **_options(args))
+                            request_timeout=args.request_timeout,
+                            **_options(args, checkpoint_prompt_style(args.model)))
     except OSError as err:
         raise ReasonerError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
     also = ", and reasoner-pipeline" if args.pipeline else ""
@@ -90,10 +92,10 @@ def run(args) -> int:
     return 0
 
 
-def _options(args) -> dict:
+def _options(args, prompt_style: str) -> dict:
     limits = {"max_body_bytes": args.max_body_bytes, "max_n": args.max_n, "max_tokens": args.max_tokens_limit,
               "max_concurrent": args.max_concurrent, "max_connections": args.max_connections,
               "idle_timeout": args.idle_timeout}
     return {"api_key": args.api_key or os.environ.get(API_KEY_ENV) or None, "pipeline": args.pipeline,
-            "traces": args.traces, "batch_window": args.batch_window, "max_batch_rows": args.max_batch_rows,
+            "traces": args.traces, "prompt_style": prompt_style, "batch_window": args.batch_window, "max_batch_rows": args.max_batch_rows,
             "segment_tokens": args.segment_tokens, "limits": limits}

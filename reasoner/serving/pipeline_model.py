@@ -24,15 +24,17 @@ PIPELINE_MODEL = "reasoner-pipeline"
 
 
 class PipelineModel:
-    def __init__(self, backend: Backend, *, traces: str | Path | None = None, checkpoints: str | Path | None = None):
-        self.backend = backend
+    def __init__(self, backend: Backend, *, traces: str | Path | None = None, checkpoints: str | Path | None = None,
+                 prompt_style: str = "compact"):
+        self.backend, self.prompt_style = backend, prompt_style
         self.traces = Path(traces) if traces else default_store_path()
         self.checkpoints = checkpoints
 
     def solve(self, request: ChatRequest, progress: Callable[[dict], None] | None = None) -> Solution:
         """One run (a fresh Reasoner per request: runs in parallel threads share no SQLite connection)."""
         problem = last_user_message(request.plain_messages())
-        with Reasoner(self.backend, checkpoints=self.checkpoints, traces=self.traces) as reasoner:
+        with Reasoner(self.backend, checkpoints=self.checkpoints, traces=self.traces,
+                      prompt_style=self.prompt_style) as reasoner:
             return reasoner.solve(problem, task=request.task, progress=progress, **solve_options(request))
 
     def trace_text(self, trace_id: str) -> str:

@@ -55,6 +55,7 @@ class Settings:
     api_key: str | None = None
     pipeline: bool = False
     traces: str | None = None      # the pipeline model's trace store (default: $REASONER_HOME/traces.db)
+    prompt_style: str = "compact"  # how the pipeline asks the model: the style its recipe trained it in
     batch_window: float = 0.01     # seconds to wait for more requests before a batch starts
     max_batch_rows: int = 64
     segment_tokens: int = 16       # tokens per model call; streamed text arrives this many tokens at a time
@@ -70,7 +71,8 @@ class Service:
                                segment_tokens=settings.segment_tokens)
         self.slots = Slots(self.limits.max_concurrent)
         self.pool = ThreadPoolExecutor(self.limits.max_concurrent, thread_name_prefix="pipeline")
-        self.pipeline = PipelineModel(BatchedBackend(self.batcher), traces=settings.traces) \
+        self.pipeline = PipelineModel(BatchedBackend(self.batcher), traces=settings.traces,
+                                      prompt_style=settings.prompt_style) \
             if settings.pipeline else None
 
     @property
