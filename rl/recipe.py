@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reasoner.config import load_config, resolve_config_path
+from reasoner.config import load_config, packaged_config, resolve_config_path
+from reasoner.errors import ConfigError
+from reasoner.rl.rewards import REWARD_NAMES
+from reasoner.tasks.registry import TASKS
 
 
 def _f(default, **constraints):
@@ -225,10 +228,6 @@ def from_dict(cls, data: dict[str, Any]):
 def check_recipe(recipe: "Recipe", source: str | Path = "recipe") -> None:
     """Fail at load, before any training, on values the schema cannot judge alone: reward names, levels that
     the task has, weights that match the rewards, a starting model that exists. One ConfigError naming the key."""
-    from reasoner.errors import ConfigError
-    from reasoner.rl.rewards import REWARD_NAMES
-    from reasoner.tasks.registry import TASKS
-
     def fail(key: str, message: str):
         raise ConfigError(f"{source}: {key}: {message}")
 
@@ -308,8 +307,6 @@ def _check_stages(recipe: "Recipe", fail, check_levels) -> None:
 
 def _check_model(model: str, source, fail) -> None:
     """A checkpoint directory, a model YAML path or a packaged model name (checked without importing torch)."""
-    from reasoner.config import packaged_config
-
     path = Path(model)
     if path.is_dir():
         if not (path / "config.json").exists():

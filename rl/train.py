@@ -18,17 +18,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+import trl
 from transformers import set_seed
 
 from reasoner.model import is_checkpoint, load_model, save_checkpoint
 from reasoner.rl.checkpoints import gather_for_save
 from reasoner.rl.data import grpo_dataset, plan_rows, sft_dataset, word_plan_rows
 from reasoner.rl.distill import read_rows, sft_rows_dataset, write_lineage
+from reasoner.rl.grpo import run_grpo, trace_sink
 from reasoner.rl.lora import with_lora
 from reasoner.rl.plots import plot_training
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.rejection import run_rejection
+from reasoner.rl.sft import run_sft
+from reasoner.rl.traindata import train_problems
 from reasoner.tasks import Problem, get_task
+from reasoner.traces.store import default_store_path, resolve_store_path
 
 
 @dataclass
@@ -40,8 +45,6 @@ class TrainResult:
 def training_problems(recipe: Recipe, levels: list[int], total: int, task_name: str | None = None) -> list[Problem]:
     data = recipe.task.train_data
     if task_name is None and (data.gsm8k or data.math):  # real train splits (GSM8K, MATH) from a path or a hub
-        from reasoner.rl.traindata import train_problems
-
         return train_problems(data, total, seed=recipe.seed)
     task = get_task(task_name or recipe.task.name)
     per_level = max(1, total // max(1, len(levels)))
@@ -86,8 +89,6 @@ def current_run(recipe: Recipe) -> str:
 def traces_store(recipe: Recipe) -> Path:
     """Where a run's rollouts go: recipe.traces if given, else $REASONER_HOME/traces.db if set, else the run's
     own <output_dir>/traces.db (two runs never mix their rollouts in one global store)."""
-    from reasoner.traces.store import default_store_path, resolve_store_path
-
     if recipe.traces:
         return resolve_store_path(recipe.traces)
     if os.environ.get("REASONER_HOME"):
@@ -219,8 +220,6 @@ def dataset_description(recipe: Recipe, kind: str) -> str:
 
 def model_card(recipe: Recipe, stage: str, kind: str, start) -> str:
     """The stage's README.md: what TRL writes names no base model for a local one ("fine-tuned version of [None]")."""
-    import trl
-
     method = {"grpo": "GRPO (R1-style RL with rule-based rewards: " + ", ".join(recipe.grpo.rewards) + ")",
               "sft_data": "supervised fine-tuning on kept samples (rejection sampling or distillation)",
               "sft": "supervised fine-tuning (cold start)", "sft_equal": "supervised fine-tuning (equal-compute baseline)"}
@@ -252,17 +251,11 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path, d
     use_cpu = not torch.cuda.is_available()
     style = recipe.task.prompt_style
     if stage == "sft_data":  # kept samples of a rejection stage or a distillation
-        from reasoner.rl.sft import run_sft
-
         return run_sft(recipe, model, tokenizer, sft_rows_dataset(dataset, tokenizer, style), output_dir, use_cpu)
     if stage == "sft_equal":
-        from reasoner.rl.sft import run_sft
-
         problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)  # GRPO's own prompts
         return run_sft(recipe, model, tokenizer, sft_dataset(problems, tokenizer, style), output_dir, use_cpu)
     if stage == "sft":
-        from reasoner.rl.sft import run_sft
-
         levels = recipe.task.train_levels
         problems = training_problems(recipe, levels, recipe.task.per_level * len(levels))
         problems += training_problems(recipe, recipe.sft.code_levels, recipe.sft.code_per_level * len(recipe.sft.code_levels),
@@ -270,13 +263,11 @@ def _run_stage(stage: str, recipe: Recipe, model, tokenizer, output_dir: Path, d
         words = training_problems(recipe, recipe.sft.word_levels, recipe.sft.word_per_level * len(recipe.sft.word_levels),
                                   "word") if recipe.sft.word_levels else []
         plans = training_problems(recipe, recipe.sft.plan_levels, recipe.sft.plan_per_level * len(recipe.sft.plan_levels))
-        extra = (plan_rows(plans, tokenizer, style) if plans else []) + word_plan_rows(words, tokenizer)
+        extra = (plan_rows(plans, tokenizer, style) if plans else []) + word_plan_rows(words, tokenizer, style)
         dataset = sft_dataset(problems + words, tokenizer, style, extra, direct_fraction=recipe.sft.direct_fraction)
         return run_sft(recipe, model, tokenizer, dataset, output_dir, use_cpu)
     if stage != "grpo":
         raise ValueError(f"unknown stage kind {stage!r}: expected sft, sft_data, sft_equal or grpo")
-    from reasoner.rl.grpo import run_grpo, trace_sink
-
     problems = training_problems(recipe, recipe.grpo.levels, recipe.grpo.n_prompts)
     sink = trace_sink(task=recipe.task.name, model=f"{recipe.name}/grpo", store_path=traces_store(recipe),
                       metadata={"run": current_run(recipe), "output_dir": str(Path(recipe.output_dir)),
