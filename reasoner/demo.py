@@ -21,12 +21,19 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from reasoner.evaluation.compare import PipelineSettings
+from reasoner.api import Reasoner
+from reasoner.evaluation.checkpoints import evaluate_checkpoint
+from reasoner.evaluation.compare import PipelineSettings, compare_task
 from reasoner.evaluation.summary import write_summary
+from reasoner.progress import quiet_libraries
 from reasoner.rl.recipe import Recipe
+from reasoner.rl.train import heldout_problems, train, train_balance_probe, train_sft_equal_compute
+from reasoner.serving.backends import LocalBackend
+from reasoner.tasks import get_task
 
 # The pipeline comparison per task: (level, test problems, settings). Levels and settings were chosen on the
 # validation split (`python benchmarks/pipeline.py --split validation`, benchmarks/RESULTS.md), never on test.
@@ -84,33 +91,23 @@ def run_demo(overrides: list[str] = (), console: Console | None = None, quick: b
 
 
 def _worker_setup() -> None:
-    import torch
-
-    from reasoner.progress import quiet_libraries
-
     torch.set_num_threads(1)  # two workers on two cores
     quiet_libraries()
 
 
 def _train(recipe: Recipe) -> dict[str, Path]:
     _worker_setup()
-    from reasoner.rl.train import train
-
     return train(recipe, log=print).checkpoints
 
 
 def _sft_arm(recipe: Recipe, cold_start: Path, learning_rate: float) -> tuple[float, Path]:
     _worker_setup()
-    from reasoner.rl.train import train_sft_equal_compute
-
     return learning_rate, train_sft_equal_compute(recipe, cold_start, learning_rate, log=print)
 
 
 def _balance_probes(recipe: Recipe) -> dict:
     """MaxVio over the last 20% of steps of two otherwise identical short SFT runs: the recipe's gamma, and 0."""
     _worker_setup()
-    from reasoner.rl.train import train_balance_probe
-
     figures = {}
     for name, gamma in (("maxvio_balanced", recipe.balance.gamma), ("maxvio_unbalanced", 0.0)):
         history = train_balance_probe(recipe, gamma, min(BALANCE_PROBE_STEPS, recipe.sft.max_steps), log=print)
@@ -123,9 +120,6 @@ def _evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path]) -> dict:
     """Greedy accuracy on the eval level: the SFT arm's learning rate is chosen on the validation split, then
     every checkpoint is scored once on the test (held-out) split."""
     _worker_setup()
-    from reasoner.evaluation.checkpoints import evaluate_checkpoint
-    from reasoner.rl.train import heldout_problems
-
     def accuracy(path: Path, split: str, n: int) -> dict:
         problems = heldout_problems(recipe, n=n, split=split)  # fewer than n when the split has fewer
         metric = evaluate_checkpoint(path, problems, max_new_tokens=recipe.eval.max_new_tokens,
@@ -150,10 +144,6 @@ def _quick(spec: tuple) -> tuple:
 def _compare(recipe: Recipe, checkpoint: Path, task_name: str, spec: tuple) -> dict:
     """One task's comparison, cached under runs/demo/pipeline/<task>.json so a rerun keeps it."""
     _worker_setup()
-    from reasoner.evaluation.compare import compare_task
-    from reasoner.serving.backends import LocalBackend
-    from reasoner.tasks import get_task
-
     cached = Path(recipe.output_dir) / "pipeline" / f"{task_name}.json"
     if cached.exists():
         return json.loads(cached.read_text())
@@ -176,8 +166,6 @@ def _compare(recipe: Recipe, checkpoint: Path, task_name: str, spec: tuple) -> d
 
 
 def api_example(checkpoint: Path, traces: Path, console: Console) -> dict:
-    from reasoner import Reasoner
-
     console.print(f">>> Reasoner.from_pretrained({str(checkpoint)!r}).solve({API_EXAMPLE!r}, task='countdown', "
                   "samples=16, retries=3, temperature=1.0, seed=0)")
     solution = Reasoner.from_pretrained(checkpoint, traces=traces).solve(API_EXAMPLE, task="countdown", samples=16,
