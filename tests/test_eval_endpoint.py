@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -78,64 +77,37 @@ def test_served_checkpoint_scores_as_the_local_one(served, tiny_checkpoint, tmp_
 # ---------------------------------------------------------------- a stub server that answers from the question
 
 
-class Stub(BaseHTTPRequestHandler):
+def answer_from_question(server, method: str, body: dict | None) -> tuple[int, dict]:
     """Answers arithmetic with `reasoning_content` apart from `content`: right on some samples, off by one on
     others (which, decided by the request's seed). Fails the first `fail` requests (500s, then a 429); a
     question in `broken` always gets `broken_status`; after `hang_after` requests it stops answering."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server = self.server
-        question = body["messages"][-1]["content"]
-        with server.lock:
-            server.count += 1
-            count = server.count
-            server.questions.append(question)
-        if server.hang_after is not None and count > server.hang_after:
-            time.sleep(60)
-        if count <= server.fail:
-            status = 429 if count == server.fail else 503
-            self._send(status, {"error": {"message": f"busy ({count})"}})
-            return
-        if question in server.broken:
-            self._send(server.broken_status, {"error": {"message": "this one fails"}})
-            return
-        value = int(eval(question, {"__builtins__": {}}))
-        choices = []
-        for i in range(body.get("n", 1)):
-            v = value + (0 if (body.get("seed", 0) + i) % 3 else 1)
-            choices.append({"index": i, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": f"<answer>{v}</answer>",
-                                        "reasoning_content": f"{question} = {v}"}})
-        self._send(200, {"object": "chat.completion", "choices": choices})
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    if method == "GET":
+        return 200, {"object": "list", "data": [{"id": "stub", "object": "model"}]}
+    question = body["messages"][-1]["content"]
+    with server.lock:
+        server.count += 1
+        count = server.count
+        server.questions.append(question)
+    if server.hang_after is not None and count > server.hang_after:
+        time.sleep(60)
+    if count <= server.fail:
+        return (429 if count == server.fail else 503), {"error": {"message": f"busy ({count})"}}
+    if question in server.broken:
+        return server.broken_status, {"error": {"message": "this one fails"}}
+    value = int(eval(question, {"__builtins__": {}}))
+    choices = []
+    for i in range(body.get("n", 1)):
+        v = value + (0 if (body.get("seed", 0) + i) % 3 else 1)
+        choices.append({"index": i, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": f"<answer>{v}</answer>",
+                                    "reasoning_content": f"{question} = {v}"}})
+    return 200, {"object": "chat.completion", "choices": choices}
 
 
 @pytest.fixture
-def stub():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
-    server.daemon_threads = True
-    server.lock, server.count, server.questions = threading.Lock(), 0, []
-    server.fail, server.broken, server.broken_status, server.hang_after = 0, set(), 500, None
-    server.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    start(server)
-    yield server
-    stop(server)
+def stub(json_server):
+    return json_server(answer_from_question, lock=threading.Lock(), count=0, questions=[], fail=0, broken=set(),
+                       broken_status=500, hang_after=None)
 
 
 def problems(n=6):

@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 import pytest
@@ -106,29 +105,14 @@ def test_pipeline_over_http_with_the_real_model(server, tmp_path):
     assert planner["role"] == "user" and planner["content"].startswith("12+5\n") and "plan" in planner["content"]
 
 
-class Failing(BaseHTTPRequestHandler):
-    def do_POST(self):
-        delay = self.server.delay
-        if delay:
-            time.sleep(delay)
-        body = b'{"error": {"message": "boom"}}'
-        self.send_response(500)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+def fail_after_delay(server, method, body):
+    time.sleep(server.delay)
+    return 500, {"error": {"message": "boom"}}
 
 
 @pytest.fixture
-def broken():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    server.daemon_threads, server.delay = True, 0
-    start(server)
-    yield server
-    server.shutdown()
-    server.server_close()
+def broken(json_server):
+    return json_server(fail_after_delay, delay=0)
 
 
 def url_of(server):

@@ -1,8 +1,5 @@
 """Reasoning split out of <think> (as vLLM's reasoning parser does), whole and streamed, and put back by
 OpenAIBackend from a server that returns it separately."""
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -37,33 +34,18 @@ def test_streamed_pieces_add_up_to_the_whole_split(text):
         assert (reasoning, content) == (expected_reasoning or "", expected_content), size
 
 
-class Replies(BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        body = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": {
-            "role": "assistant", "content": "<answer>12</answer>", "reasoning_content": "7+5=12"}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 9}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+def reply_with_separate_reasoning(server, method, body):
+    server.bodies.append(body)
+    return 200, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "<answer>12</answer>", "reasoning_content": "7+5=12"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 9}}
 
 
-def test_openai_backend_puts_separate_reasoning_back_in_its_tags():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Replies)
-    server.bodies = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        backend = OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}/v1", "m")
-        [reply] = backend.generate([{"role": "user", "content": "7+5"}], 1, Sampling())
-        backend.generate([{"role": "user", "content": "7+5"}], 1, Sampling(seed=3, stop=("</answer>",), top_k=5))
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_openai_backend_puts_separate_reasoning_back_in_its_tags(json_server):
+    server = json_server(reply_with_separate_reasoning, bodies=[])
+    backend = OpenAIBackend(server.base_url, "m")
+    [reply] = backend.generate([{"role": "user", "content": "7+5"}], 1, Sampling())
+    backend.generate([{"role": "user", "content": "7+5"}], 1, Sampling(seed=3, stop=("</answer>",), top_k=5))
     assert reply.text == "<think>7+5=12</think><answer>12</answer>" and reply.completion_tokens == 9
     plain, seeded = server.bodies
     assert not {"seed", "stop", "top_k"} & set(plain)  # unset fields are left out, not sent as null
