@@ -322,6 +322,17 @@ def test_mtp_attaches_through_a_lora_wrapper():
     assert mtp_depth(wrapped) == 1 and mtp_depth(model) == 1
 
 
+def test_speculative_with_a_one_token_prompt_matches_the_plain_engine(tiny_mtp):
+    model, tok = tiny_mtp  # a one-token prompt's first draft reads the padding slot before it
+    ids = [prompt_ids(tok, ["7"])[0], prompt_ids(tok)[1]]
+    engine = RolloutEngine(model, tok)
+    plain = engine.generate(ids, 10, temperature=0.0, speculative=False, ignore_eos=True)
+    spec = engine.generate(ids, 10, temperature=0.0, speculative=True, ignore_eos=True, return_logits=True)
+    assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
+    assert all(torch.isfinite(c.logits).all() for c in spec)
+    assert engine.stats["drafted"] > 0
+
+
 def test_speculative_prefill_in_groups_changes_nothing(tiny_mtp):
     model, tok = tiny_mtp
     ids = prompt_ids(tok)

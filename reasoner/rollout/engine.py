@@ -12,19 +12,24 @@ memory traffic per token). DeepSeek's own inference (`inference/model.py`, attn_
 Per layer and token, the cache holds only `kv_lora_rank` latent + `qk_rope_head_dim` rope-key values (one
 row shared by all heads), in one preallocated static buffer [layers, batch, max_len, C + R].
 
-Only the absorbed matrices (`W_q_abs` = [scale W_uk^T W_qn ; scale W_qr], `W_o_abs` = W_o W_uv) are
-derived weights; everything else (embeddings, norms, kv_a, MLP/MoE, lm_head) is read straight from the
-model, so optimizer steps are seen automatically. The absorbed matrices are recomputed when any of their
-source parameters changes: a cheap check of the parameters' version counters and storage pointers runs
-at every `generate` call (in-place optimizer updates bump the version counter), and `refresh()` forces it.
+Derived weights: the absorbed matrices (`W_q_abs` = [scale W_uk^T W_qn ; scale W_qr], `W_o_abs` = W_o W_uv),
+with kv_a's rows stacked under W_q_abs (one matmul gives the queries and the new cache row, and one in-place
+rotation covers the rope part of both), and the packed experts of small FFNs (reasoner/rollout/ffn.py).
+Everything else (embeddings, norms, routers, lm_head) is read straight from the model. The derived weights
+are recomputed when any of their source parameters changes: a cheap check of the parameters' version
+counters, storage pointers and checksums runs at every `generate` call, and `refresh()` forces it.
 
-The MLP / MoE blocks are the model's own modules (router with sigmoid scores, e_score_correction_bias,
-group-limited top-k, norm_topk_prob, routed_scaling_factor; experts; shared experts), so routing is exactly
-transformers'. RoPE cos/sin tables come from the model's own rotary embedding (so rope scaling such as YaRN's
-attention factor is the same), the softmax scale is the attention module's own `scaling` (YaRN mscale
-included), and `rope_interleave` is handled by permuting the rope rows of the absorbed query matrix and
-de-interleaving the rope key once, before it is cached; this is the same arithmetic as transformers'
+Routing is transformers' router arithmetic on the router's own parameters (sigmoid scores,
+e_score_correction_bias, group-limited top-k, norm_topk_prob, routed_scaling_factor); MLP / MoE blocks too
+large to pack run as the model's own modules. RoPE cos/sin tables come from the model's own rotary embedding
+(so rope scaling such as YaRN's attention factor is the same), the softmax scale is the attention module's
+own `scaling` (YaRN mscale included), and `rope_interleave` is handled by permuting the rope rows of the
+absorbed query matrix and of kv_a into adjacent pairs; this is the same arithmetic as transformers'
 `apply_rotary_pos_emb_interleave`.
+
+The code follows gpt-fast's shape: `prefill` (the prompts once each, cache rows copied to their samples),
+`decode_step` (one token per row), `sample` (reasoner/rollout/sampling.py) and the loop `_decode`; the
+self-speculative loop with the MTP module is reasoner/rollout/speculative.py.
 """
 from __future__ import annotations
 
