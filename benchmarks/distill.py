@@ -52,8 +52,8 @@ def main() -> None:
                 (("train", args.train_problems), ("validation", args.n_validation), ("heldout", args.n_test))}
     kept = distill_round(args, problems["train"], settings, out)
     datasets = {drawn: settled_dataset(kept, drawn, out) for drawn in args.max_drawn}
-    students = {(drawn, lr): train_student(args, datasets[drawn], lr, out, drawn)
-                for drawn in args.max_drawn for lr in args.learning_rates}
+    students = {(drawn, lr, steps): train_student(args, datasets[drawn], lr, steps, out, drawn)
+                for drawn in args.max_drawn for lr in args.learning_rates for steps in args.steps}
     validation = {key: direct(path, problems["validation"], task).value for key, path in students.items()}
     best = max(validation, key=validation.get)
     teacher_test = direct(args.teacher, problems["heldout"], task, out / "teacher-test.jsonl")
@@ -64,9 +64,9 @@ def main() -> None:
                "rows_by_max_drawn": {str(d): len(read_rows(path)) for d, path in datasets.items()},
                "label_accuracy_train_by_max_drawn": {str(d): label_accuracy(read_rows(path), problems["train"])
                                                      for d, path in datasets.items()},
-               "student_steps": args.steps,
-               "student_validation": {f"max_drawn={d} lr={lr:g}": v for (d, lr), v in validation.items()},
-               "student_max_drawn": best[0], "student_learning_rate": best[1], "student": str(students[best]),
+               "student_validation": {student_name(*key): v for key, v in validation.items()},
+               "student_max_drawn": best[0], "student_learning_rate": best[1], "student_steps": best[2],
+               "student": str(students[best]),
                "n_test": len(problems["heldout"]),
                "teacher_direct_test": teacher_test.to_dict(), "student_direct_test": student_test.to_dict(),
                "distill_gain_points": round(100 * (student_test.value - teacher_test.value), 1),
@@ -76,7 +76,7 @@ def main() -> None:
     print(f"kept {len(kept.rows)} rows from {len(problems['train'])} train problems; by max_drawn: "
           f"{summary['rows_by_max_drawn']} rows, right on train (grader, reported only): "
           f"{summary['label_accuracy_train_by_max_drawn']}")
-    print(f"student: max_drawn {best[0]}, lr {best[1]:g} (validation direct: {summary['student_validation']})")
+    print(f"student: {student_name(*best)} (validation direct: {summary['student_validation']})")
     print(f"test split, greedy, n={len(problems['heldout'])}: teacher direct {teacher_test}, student direct {student_test}")
     print(f"distill_gain={summary['distill_gain_points']}")
 
@@ -86,12 +86,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher", default="runs/demo/grpo/final", help="checkpoint: the teacher and the student's start")
     parser.add_argument("--task", default="word")
     parser.add_argument("--levels", type=int, nargs="+", default=[2, 3], help="candidate levels (chosen on validation)")
-    parser.add_argument("--train-problems", type=int, default=3000)
+    parser.add_argument("--train-problems", type=int, default=2400)
     parser.add_argument("--samples", type=int, default=4, help="the pipeline's k (the demo's word setting)")
     parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=400, help="student SFT steps")
+    parser.add_argument("--steps", type=int, nargs="+", default=[400, 800], help="student SFT steps to try")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rates", type=float, nargs="+", default=[1e-3, 3e-3])
+    parser.add_argument("--learning-rates", type=float, nargs="+", default=[3e-3])
     parser.add_argument("--max-drawn", type=lambda v: None if v == "any" else int(v), nargs="+", default=[None, 8],
                         help="kept sets to try: solves that settled within N completions ('any': all)")
     parser.add_argument("--n-validation", type=int, default=200)
@@ -100,10 +100,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more only fight other jobs on a shared box)")
     parser.add_argument("--output", default="runs/distill")
-    parser.add_argument("--quick", action="store_true", help="600 train problems, 150 steps, one learning rate, settled solves only")
+    parser.add_argument("--quick", action="store_true", help="600 train problems; one student: settled solves, lr 3e-3, 150 steps")
     args = parser.parse_args()
     if args.quick:
-        args.train_problems, args.steps, args.learning_rates, args.max_drawn = 600, 150, [1e-3], [8]
+        args.train_problems, args.steps, args.learning_rates, args.max_drawn = 600, [150], [3e-3], [8]
         args.output = args.output if args.output != "runs/distill" else "runs/distill-quick"
     return args
 
@@ -147,13 +147,16 @@ def settled_dataset(kept, max_drawn: int | None, out: Path) -> Path:
     return write_rows_atomically(kept.dataset.with_name(f"dataset-drawn{max_drawn}.jsonl"), rows)
 
 
-def train_student(args, dataset: Path, learning_rate: float, out: Path, max_drawn: int | None) -> Path:
+def student_name(max_drawn: int | None, learning_rate: float, steps: int) -> str:
+    return f"student-{'any' if max_drawn is None else f'drawn{max_drawn}'}-lr{learning_rate:g}-steps{steps}"
+
+
+def train_student(args, dataset: Path, learning_rate: float, steps: int, out: Path, max_drawn: int | None) -> Path:
     recipe = Recipe.load("demo", [f"output_dir={out}", f"threads={args.threads}", f"seed={args.seed}",
-                                  f"sft.max_steps={args.steps}", f"sft.batch_size={args.batch_size}",
+                                  f"sft.max_steps={steps}", f"sft.batch_size={args.batch_size}",
                                   f"sft.learning_rate={learning_rate}", "sft.warmup_steps=10", "traces=" +
                                   str(out / "traces.db")])
-    stage = f"student-lr{learning_rate:g}" if max_drawn is None else f"student-drawn{max_drawn}-lr{learning_rate:g}"
-    return train_on_dataset(recipe, args.teacher, dataset, stage=stage)
+    return train_on_dataset(recipe, args.teacher, dataset, stage=student_name(max_drawn, learning_rate, steps))
 
 
 def direct(checkpoint, problems, task, output: Path | None = None):
