@@ -6,8 +6,8 @@ SFT data, and the same checkpoint trained on them (the student) answers directly
 the held-out (test) split by the grader, with 95% bootstrap CIs. Chosen on the validation split, never on
 test: the level (teacher's direct accuracy below 30%, the pipeline's largest lead over it), which kept answers
 to learn from (all, or only solves that settled within N completions: the pipeline draws again when its plans
-have no clear majority, so this is its own confidence, known at solve time) and the student's learning rate. The grader also reports, on the train split, how many kept labels were right (never used to
-keep them).
+have no clear majority, so this is its own confidence, known at solve time), the student's learning rate and
+steps. The grader also reports, on the train split, how many kept labels were right (never used to keep them).
 
     python benchmarks/distill.py            # the measurement: ends with distill_gain=X (points, test split)
     python benchmarks/distill.py --quick    # a smaller round (fewer train problems and steps), same output
