@@ -198,14 +198,15 @@ def kv_bytes(dtype_bytes: int = 2) -> list[str]:
     return lines
 
 
-MTP_CHECKPOINT = Path("runs/bench-mtp/sft/final")
-MTP_OVERRIDES = ["mtp.weight=0.3", "grpo.enabled=false", "sft.max_steps=150",
-                 "output_dir=runs/bench-mtp"]
+MTP_CHECKPOINT = Path("runs/bench-mtp-300/sft/final")
+MTP_OVERRIDES = ["mtp.weight=0.3", "grpo.enabled=false", "sft.max_steps=300", "threads=1",
+                 "output_dir=runs/bench-mtp-300"]
 
 
 def mtp_checkpoint(path: Path) -> Path:
-    """A tiny checkpoint whose MTP was trained: the demo recipe's SFT with mtp.weight=0.3, 150 steps (about 10
-    minutes on 2 cores), cached under runs/ (`reasoner train demo --set ...` with MTP_OVERRIDES does the same)."""
+    """A tiny checkpoint whose MTP was trained as the demo trains it: the demo recipe's cold-start SFT with
+    mtp.weight=0.3, cut to 300 of its 900 steps, on one thread (the benchmark's own runs take the other core),
+    cached under runs/ (`reasoner train demo --set ...` with MTP_OVERRIDES does the same)."""
     from reasoner.model import is_checkpoint
     from reasoner.rl.recipe import Recipe
     from reasoner.rl.train import train
