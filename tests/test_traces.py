@@ -43,7 +43,7 @@ def test_schema_is_valid_versioned_json_schema():
     schema = load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["properties"]["schema_version"] == {"const": SCHEMA_VERSION}
-    assert set(schema["properties"]["source"]["enum"]) == {"train", "pipeline", "eval"}
+    assert set(schema["properties"]["source"]["enum"]) == {"train", "pipeline", "eval", "distill"}
 
 
 @pytest.mark.parametrize("text, think, answer", [

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from reasoner.errors import ReasonerError
-from reasoner.traces.model import SOURCES
 
 SORT_CHOICES = ("created", "reward", "task", "source", "model", "tokens", "length")
 EXPORT_FORMATS = ("html", "jsonl", "otlp")
@@ -76,7 +75,8 @@ def add_parser(subparsers) -> None:
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("filters")
-    group.add_argument("--source", choices=SOURCES,
+    # traces.model.SOURCES, written out: importing it loads the store (sqlite3) and `reasoner --help` stays light
+    group.add_argument("--source", choices=("train", "pipeline", "eval", "distill"),
                        help="where traces came from: train (GRPO rollouts), pipeline (solve/serve runs), eval, "
                             "distill (kept teacher samples that became training data)")
     group.add_argument("--run", metavar="RUN_ID", help="one training run's rollouts (`reasoner train` prints its id)")
