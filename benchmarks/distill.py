@@ -32,6 +32,7 @@ from reasoner.progress import quiet_libraries
 from reasoner.rl.distill import Filters, PipelineTeacher, collect, read_rows, rows_settled_within, write_rows_atomically
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.train import train_on_dataset
+from reasoner.sampling import Sampling
 from reasoner.serving.backends import LocalBackend
 from reasoner.tasks import get_task
 
@@ -161,7 +162,8 @@ def train_student(args, dataset: Path, learning_rate: float, steps: int, out: Pa
 
 def direct(checkpoint, problems, task, output: Path | None = None):
     """Greedy direct answering, one completion per problem, graded; the pass@1 Metric (value, 95% CI)."""
-    return evaluate_checkpoint(checkpoint, problems, max_new_tokens=task.max_new_tokens, output=output)["pass@1"]
+    greedy = Sampling(temperature=0.0, max_tokens=task.max_new_tokens, seed=0)
+    return evaluate_checkpoint(checkpoint, problems, sampling=greedy, output=output)["pass@1"]
 
 
 def label_accuracy(rows: list[dict], problems) -> float:

@@ -122,7 +122,7 @@ def _evaluate_checkpoints(recipe: Recipe, checkpoints: dict[str, Path]) -> dict:
     _worker_setup()
     def accuracy(path: Path, split: str, n: int) -> dict:
         problems = heldout_problems(recipe, n=n, split=split)  # fewer than n when the split has fewer
-        metric = evaluate_checkpoint(path, problems, max_new_tokens=recipe.eval.max_new_tokens,
+        metric = evaluate_checkpoint(path, problems, sampling=recipe.eval.sampling,
                                      prompt_style=recipe.task.prompt_style)["pass@1"]
         return {**metric.to_dict(), "n": len(problems)}
 

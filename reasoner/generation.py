@@ -107,19 +107,19 @@ def _hf_output(row: list[int], tokenizer, stop: tuple[str, ...]) -> Output:
     return _output(row, tokenizer.decode(row, skip_special_tokens=True), ended, stop)
 
 
-def sample(model, tokenizer, prompts: list[str], num_samples: int = 1, temperature: float = 0.0,
-           top_p: float = 1.0, max_new_tokens: int = 96, batch_size: int = 256, seed: int = 0,
+def sample(model, tokenizer, prompts: list[str], sampling: Sampling, num_samples: int = 1, batch_size: int = 256,
            description: str | None = None) -> list[list[str]]:
-    """Per prompt, num_samples completion texts: prompts in chunks of batch_size rows, seeded per chunk."""
+    """Per prompt, num_samples completion texts: prompts in chunks of batch_size rows, chunk i seeded with
+    sampling.seed + its first row (0 when unset), so a rerun draws the same texts."""
     was_training = model.training
     model.eval()
     per_batch = max(1, batch_size // num_samples)
     chunks = range(0, len(prompts), per_batch)
-    settings = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
+    seed = sampling.seed or 0
     out: list[list[str]] = []
     for start in progress(chunks, description, total=len(chunks)):
         ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[start:start + per_batch]]
-        texts = [o.text for o in generate(model, tokenizer, ids, replace(settings, seed=seed + start), num_samples)]
+        texts = [o.text for o in generate(model, tokenizer, ids, replace(sampling, seed=seed + start), num_samples)]
         out += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
     model.train(was_training)
     return out

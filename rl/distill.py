@@ -25,7 +25,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -98,8 +98,7 @@ class CheckpointTeacher:
 
     def answer(self, problems: Sequence[Problem], seed: int) -> list[list[Draw]]:
         prompts = [render_prompt(p.question, self.tokenizer, self.style) for p in problems]
-        texts = sample(self.model, self.tokenizer, prompts, self.samples, self.sampling.temperature,
-                       self.sampling.top_p, self.sampling.max_tokens, seed=seed)
+        texts = sample(self.model, self.tokenizer, prompts, replace(self.sampling, seed=seed), self.samples)
         return graded(problems, texts)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from reasoner.config import load_config, packaged_config, resolve_config_path
 from reasoner.errors import ConfigError
 from reasoner.rl.rewards import REWARD_NAMES
+from reasoner.sampling import Sampling
 from reasoner.tasks.registry import TASKS
 
 
@@ -140,6 +141,11 @@ class EvalConfig:
     samples: int = _f(1, minimum=1)
     temperature: float = _f(0.0, minimum=0)
     max_new_tokens: int = _f(96, minimum=1)
+
+    @property
+    def sampling(self) -> Sampling:
+        """The one sampling type the engine, generation and evaluation take (seeded: evaluation repeats)."""
+        return Sampling(temperature=self.temperature, max_tokens=self.max_new_tokens, seed=0)
 
 
 @dataclass

@@ -69,6 +69,7 @@ def run(args) -> int:
     from reasoner.errors import ReasonerError
     from reasoner.model import load_model
     from reasoner.evaluation.checkpoints import evaluate
+    from reasoner.sampling import Sampling
     from reasoner.tasks import get_task
 
     if args.samples < 1 or (args.n is not None and args.n < 1):
@@ -87,12 +88,11 @@ def run(args) -> int:
     hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.model)
     output = Path(args.output or f"runs/eval/{task.name}.jsonl")
-    metrics = evaluate(model, tokenizer, problems, samples=args.samples,
-                       temperature=args.temperature if args.temperature is not None else 0.0,
-                       max_new_tokens=args.max_new_tokens or getattr(task, "max_new_tokens", 96),
+    sampling = Sampling(temperature=args.temperature if args.temperature is not None else 0.0,
+                        max_tokens=args.max_new_tokens or getattr(task, "max_new_tokens", 96), seed=args.seed)
+    metrics = evaluate(model, tokenizer, problems, sampling, samples=args.samples,
                        prompt_style=args.prompt_style or getattr(task, "prompt_style", "plain"),
-                       output=output, description=f"{task.name}: {len(problems)} problems x {args.samples}",
-                       seed=args.seed)
+                       output=output, description=f"{task.name}: {len(problems)} problems x {args.samples}")
     print(f"{task.name} ({args.split}, n={len(problems)}, K={args.samples}), 95% bootstrap CIs:")
     for name, metric in metrics.items():
         print(f"  {name:<8} {metric}")

@@ -63,9 +63,8 @@ def run(args) -> int:
         from reasoner.rl.train import heldout_problems
 
         problems = heldout_problems(recipe)
-        results = {stage: evaluate_checkpoint(path, problems, samples=recipe.eval.samples,
-                                              temperature=recipe.eval.temperature,
-                                              max_new_tokens=recipe.eval.max_new_tokens,
+        results = {stage: evaluate_checkpoint(path, problems, sampling=recipe.eval.sampling,
+                                              samples=recipe.eval.samples,
                                               prompt_style=recipe.task.prompt_style,
                                               output=Path(recipe.output_dir) / stage / "eval.jsonl",
                                               description=f"evaluating {stage}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -12,19 +13,22 @@ from reasoner.evaluation.metrics import Metric, bootstrap, voted_completion
 from reasoner.generation import sample
 from reasoner.model import load_model
 from reasoner.rl.data import render_prompt
+from reasoner.sampling import Sampling
 from reasoner.tasks.base import Problem
 
 
-def evaluate(model, tokenizer, problems: Sequence[Problem], samples: int = 1, temperature: float = 0.0,
-             max_new_tokens: int = 96, prompt_style: str = "plain", output: Path | None = None,
-             description: str | None = None, seed: int = 0) -> dict[str, Metric]:
+GREEDY = Sampling(temperature=0.0, max_tokens=96, seed=0)
+
+
+def evaluate(model, tokenizer, problems: Sequence[Problem], sampling: Sampling = GREEDY, samples: int = 1,
+             prompt_style: str = "plain", output: Path | None = None,
+             description: str | None = None) -> dict[str, Metric]:
     """K completions per problem. maj@K votes over the answers (grading only the winner); pass@K is the
     oracle upper bound, reported as such, never as a method's accuracy."""
     prompts = [render_prompt(p.question, tokenizer, prompt_style) for p in problems]
-    if samples > 1 and temperature == 0:
-        temperature = 1.0  # K identical greedy samples would make maj@K and pass@K meaningless
-    completions = sample(model, tokenizer, prompts, samples, temperature, max_new_tokens=max_new_tokens,
-                         description=description, seed=seed)
+    if samples > 1 and sampling.greedy:
+        sampling = replace(sampling, temperature=1.0)  # K identical greedy samples would make maj@K meaningless
+    completions = sample(model, tokenizer, prompts, sampling, samples, description=description)
     flat = grade_many([p for p in problems for _ in range(samples)], [t for texts in completions for t in texts])
     voted = [voted_completion(p.kind, texts) for p, texts in zip(problems, completions)]
     voted_right = grade_many(problems, voted)
@@ -41,12 +45,11 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], samples: int = 1, te
     return {key: bootstrap([r[key] for r in rows]) for key in keys}
 
 
-def evaluate_checkpoint(checkpoint: str | Path, problems: Sequence[Problem], *, samples: int = 1,
-                        temperature: float = 0.0, max_new_tokens: int = 96, prompt_style: str = "plain",
-                        output: Path | None = None, description: str | None = None) -> dict[str, Metric]:
+def evaluate_checkpoint(checkpoint: str | Path, problems: Sequence[Problem], *, sampling: Sampling = GREEDY,
+                        samples: int = 1, prompt_style: str = "plain", output: Path | None = None,
+                        description: str | None = None) -> dict[str, Metric]:
     model, tokenizer = load_model(checkpoint)
-    return evaluate(model, tokenizer, problems, samples, temperature, max_new_tokens, prompt_style, output,
-                    description)
+    return evaluate(model, tokenizer, problems, sampling, samples, prompt_style, output, description)
 
 
 def results_table(results: dict[str, dict[str, Metric]], title: str) -> Table:
