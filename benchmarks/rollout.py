@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reasoner.model import load_model, model_config  # noqa: E402
-from reasoner.rollout import RolloutEngine  # noqa: E402
+from reasoner.rollout import RolloutEngine, Sampling  # noqa: E402
 
 
 def make_prompts(tokenizer, batch: int, seed: int = 0) -> list[list[int]]:
@@ -54,7 +54,7 @@ def sampling_config(model, new_tokens: int):
 
 
 def run_ours(engine, prompts, new_tokens, seed):
-    out = engine.generate(prompts, new_tokens, temperature=1.0, seed=seed, ignore_eos=True)
+    out = engine.generate(prompts, Sampling(temperature=1.0, max_tokens=new_tokens, seed=seed), ignore_eos=True)
     assert all(len(c.token_ids) == new_tokens for c in out)
 
 
@@ -185,7 +185,7 @@ def kv_bytes(dtype_bytes: int = 2) -> list[str]:
     tokens = enc["input_ids"].shape[0] * cache.get_seq_length()
     hf = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) / tokens
     engine = RolloutEngine(model, tokenizer)
-    engine.generate(prompts, 8, temperature=0.0)
+    engine.generate(prompts, Sampling(temperature=0.0, max_tokens=8))
     measured = engine._cache.nbytes / (engine._cache.shape[1] * engine._cache.shape[2])
     c = model.config
     expanded_small = c.num_hidden_layers * c.num_attention_heads * (
@@ -237,7 +237,8 @@ def bench_speculative(checkpoint: Path, batch: int, new_tokens: int, repeats: in
     engine = RolloutEngine(model, tokenizer, max_batch_size=max(64, batch))
 
     def run(speculative, seed):
-        out = engine.generate(prompts, new_tokens, temperature=temperature, seed=seed, speculative=speculative)
+        sampling = Sampling(temperature=temperature, max_tokens=new_tokens, seed=seed)
+        out = engine.generate(prompts, sampling, speculative=speculative)
         return sum(len(c.token_ids) for c in out), [c.token_ids for c in out]
 
     run(True, 0), run(False, 0)  # warm-up

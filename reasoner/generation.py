@@ -65,9 +65,7 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout) -> list[Output]:
-    done = engine.generate(prompt_ids, sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                           top_k=sampling.top_k, seed=sampling.seed, stop_strings=sampling.stop,
-                           num_samples=num_samples, max_time=timeout)
+    done = engine.generate(prompt_ids, sampling, num_samples=num_samples, max_time=timeout)
     texts = tokenizer.batch_decode([c.token_ids for c in done], skip_special_tokens=True)
     return [_output(c.token_ids, text, c.finish_reason != "length", sampling.stop) for c, text in zip(done, texts)]
 

@@ -144,7 +144,7 @@ def test_info_counts_the_published_mtp_module():
 
 
 # ------------------------------------------------------------------------------------ speculative decoding
-from reasoner.rollout import RolloutEngine  # noqa: E402
+from reasoner.rollout import RolloutEngine, Sampling  # noqa: E402
 
 PROMPTS = ["What is 2+3?", "Compute 12*7, then add 5 to it.", "9-4", "7"]
 
@@ -193,8 +193,9 @@ def test_greedy_speculative_is_token_for_token_the_plain_engine(tiny_mtp):
     ids = prompt_ids(tok)
     for m in (model, bigram_model(True)[0]):  # ... and a draft that is almost always right
         engine = RolloutEngine(m, tok)
-        plain = engine.generate(ids, 24, temperature=0.0, speculative=False, return_logits=True, ignore_eos=True)
-        spec = engine.generate(ids, 24, temperature=0.0, speculative=True, return_logits=True, ignore_eos=True)
+        greedy = Sampling(temperature=0.0, max_tokens=24)
+        plain = engine.generate(ids, greedy, speculative=False, return_logits=True, ignore_eos=True)
+        spec = engine.generate(ids, greedy, speculative=True, return_logits=True, ignore_eos=True)
         for a, b in zip(plain, spec):
             assert a.token_ids == b.token_ids
             torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
@@ -206,16 +207,17 @@ def test_speculative_eos_stop_strings_and_samples_match_the_plain_engine(tiny_mt
     model, tok = tiny_mtp
     ids = prompt_ids(tok)
     engine = RolloutEngine(model, tok)
-    free = engine.generate(ids, 20, temperature=0.0, speculative=False, ignore_eos=True)
+    free = engine.generate(ids, Sampling(temperature=0.0, max_tokens=20), speculative=False, ignore_eos=True)
     eos = free[1].token_ids[5]
     stop = free[0].text[4:6]
-    for kwargs in ({"stop_strings": [stop]}, {}):
+    for stop_at in ((stop,), ()):
         e = RolloutEngine(model, tok, eos_token_ids=[eos])
-        a = e.generate(ids, 20, temperature=0.0, speculative=False, num_samples=2, **kwargs)
-        b = e.generate(ids, 20, temperature=0.0, speculative=True, num_samples=2, **kwargs)
+        greedy = Sampling(temperature=0.0, max_tokens=20, stop=stop_at)
+        a = e.generate(ids, greedy, speculative=False, num_samples=2)
+        b = e.generate(ids, greedy, speculative=True, num_samples=2)
         assert [(c.token_ids, c.text, c.finish_reason, c.prompt_index, c.sample_index) for c in a] == \
                [(c.token_ids, c.text, c.finish_reason, c.prompt_index, c.sample_index) for c in b]
-        assert {c.finish_reason for c in b} >= {"eos"} | ({"stop"} if kwargs else set())
+        assert {c.finish_reason for c in b} >= {"eos"} | ({"stop"} if stop_at else set())
 
 
 @pytest.mark.parametrize("oracle", [True, False])
@@ -226,7 +228,8 @@ def test_sampled_speculative_tokens_follow_the_target_distribution(oracle):
     prompt = prompt_ids(tok, ["3+4="])[0]
     n = 4000
     engine = RolloutEngine(model, tok, max_batch_size=n)
-    out = engine.generate([prompt], 4, temperature=1.0, num_samples=n, seed=7, ignore_eos=True, speculative=True)
+    out = engine.generate([prompt], Sampling(temperature=1.0, max_tokens=4, seed=7), num_samples=n, ignore_eos=True,
+                          speculative=True)
     rate = engine.acceptance_rate
     assert (rate > 0.9) if oracle else (0.05 < rate < 0.9)  # both the accept and the reject branch run
     p = M[prompt[-1]]
@@ -298,15 +301,16 @@ def test_grpo_step_rolls_out_speculatively_and_keeps_the_mtp_loss_on(tmp_path, m
 def test_speculative_compacts_the_batch_as_rows_finish(tiny_mtp):
     model, tok = tiny_mtp
     prompts = prompt_ids(tok, [f"{a}+{b}=?" * (1 + a % 3) for a, b in zip(range(10), range(7, 17))])
-    free = RolloutEngine(model, tok).generate(prompts, 16, temperature=0.0, speculative=False)
+    free = RolloutEngine(model, tok).generate(prompts, Sampling(temperature=0.0, max_tokens=16), speculative=False)
     counts = {}
     for c in free:
         for t in set(c.token_ids[:4]):
             counts[t] = counts.get(t, 0) + 1
     eos = max((t for t in counts if 0 < counts[t] < len(prompts)), key=lambda t: counts[t])
-    plain = RolloutEngine(model, tok, eos_token_ids=[eos]).generate(prompts, 16, temperature=0.0, speculative=False)
+    plain = RolloutEngine(model, tok, eos_token_ids=[eos]).generate(prompts, Sampling(temperature=0.0, max_tokens=16),
+                                                                    speculative=False)
     engine = RolloutEngine(model, tok, eos_token_ids=[eos])
-    spec = engine.generate(prompts, 16, temperature=0.0, speculative=True, return_logits=True)
+    spec = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=16), speculative=True, return_logits=True)
     assert engine.stats["compactions"] >= 1
     assert [(c.token_ids, c.finish_reason) for c in spec] == [(c.token_ids, c.finish_reason) for c in plain]
     assert all(c.logits.shape[0] == len(c.token_ids) for c in spec)
@@ -326,8 +330,9 @@ def test_speculative_with_a_one_token_prompt_matches_the_plain_engine(tiny_mtp):
     model, tok = tiny_mtp  # a one-token prompt's first draft reads the padding slot before it
     ids = [prompt_ids(tok, ["7"])[0], prompt_ids(tok)[1]]
     engine = RolloutEngine(model, tok)
-    plain = engine.generate(ids, 10, temperature=0.0, speculative=False, ignore_eos=True)
-    spec = engine.generate(ids, 10, temperature=0.0, speculative=True, ignore_eos=True, return_logits=True)
+    plain = engine.generate(ids, Sampling(temperature=0.0, max_tokens=10), speculative=False, ignore_eos=True)
+    spec = engine.generate(ids, Sampling(temperature=0.0, max_tokens=10), speculative=True, ignore_eos=True,
+                           return_logits=True)
     assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
     assert all(torch.isfinite(c.logits).all() for c in spec)
     assert engine.stats["drafted"] > 0
@@ -336,6 +341,7 @@ def test_speculative_with_a_one_token_prompt_matches_the_plain_engine(tiny_mtp):
 def test_speculative_prefill_in_groups_changes_nothing(tiny_mtp):
     model, tok = tiny_mtp
     ids = prompt_ids(tok)
-    whole = RolloutEngine(model, tok).generate(ids, 12, temperature=0.0, num_samples=2)
-    grouped = RolloutEngine(model, tok, prefill_budget=1).generate(ids, 12, temperature=0.0, num_samples=2)
+    whole = RolloutEngine(model, tok).generate(ids, Sampling(temperature=0.0, max_tokens=12), num_samples=2)
+    grouped = RolloutEngine(model, tok, prefill_budget=1).generate(ids, Sampling(temperature=0.0, max_tokens=12),
+                                                                   num_samples=2)
     assert [c.token_ids for c in whole] == [c.token_ids for c in grouped]

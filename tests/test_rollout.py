@@ -41,7 +41,7 @@ def hf_generate(model, tok, prompts, max_new_tokens, **kw):
 
 def assert_matches_generate(model, tok, prompts, max_new_tokens, engine=None, eos=None, atol=1e-4):
     engine = engine or RolloutEngine(model, tok)
-    ours = engine.generate(prompts, max_new_tokens, temperature=0.0, return_logits=True)
+    ours = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=max_new_tokens), return_logits=True)
     kw = {} if eos is None else {"eos_token_id": eos}
     ref_ids, ref_logits = hf_generate(model, tok, prompts, max_new_tokens, **kw)
     for i, c in enumerate(ours):
@@ -95,7 +95,7 @@ def test_rope_layout_and_yarn_scaling_match(tiny, interleave, rope):
 def test_per_sequence_eos_with_batch_compaction(tiny):
     model, tok = tiny
     prompts = chat_ids(tok, [f"{a}+{b}=?" * (1 + a % 3) for a, b in zip(range(10), range(7, 17))])
-    free = RolloutEngine(model, tok).generate(prompts, 16, temperature=0.0)
+    free = RolloutEngine(model, tok).generate(prompts, Sampling(temperature=0.0, max_tokens=16))
     # Pick as EOS a token some rows emit early and others late or never, so rows finish at different steps
     # and the engine compacts the batch (<= half the rows left) while the rest keep decoding.
     counts = {}
@@ -108,7 +108,8 @@ def test_per_sequence_eos_with_batch_compaction(tiny):
     reasons = {c.finish_reason for c in ours}
     assert reasons == {"eos", "length"}
     assert engine.stats["compactions"] >= 1
-    no_compact = RolloutEngine(model, tok, eos_token_ids=[eos], compact=False).generate(prompts, 16, temperature=0)
+    no_compact = RolloutEngine(model, tok, eos_token_ids=[eos], compact=False).generate(
+        prompts, Sampling(temperature=0, max_tokens=16))
     assert [c.token_ids for c in no_compact] == [c.token_ids for c in ours]
 
 
@@ -116,10 +117,10 @@ def test_stop_strings_truncate_text_and_tokens(tiny):
     model, tok = tiny
     prompts = chat_ids(tok, PROMPTS[:2])
     engine = RolloutEngine(model, tok)
-    free = engine.generate(prompts, 20, temperature=0.0, ignore_eos=True)
+    free = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=20), ignore_eos=True)
     stop = free[0].text[6:9]
     assert len(stop) == 3
-    stopped = engine.generate(prompts, 20, temperature=0.0, ignore_eos=True, stop_strings=[stop])
+    stopped = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=20, stop=[stop]), ignore_eos=True)
     first = free[0].text.find(stop) + len(stop)
     assert stopped[0].finish_reason == "stop"
     assert stopped[0].text == free[0].text[:first]
@@ -141,17 +142,17 @@ def test_samples_share_one_prefill_and_are_seeded(tiny, monkeypatch):
         return original(ids, *args)
 
     monkeypatch.setattr(engine, "_trunk", counting)
-    out = engine.generate(prompts, 10, temperature=1.0, num_samples=4, seed=123, ignore_eos=True)
+    out = engine.generate(prompts, Sampling(temperature=1.0, max_tokens=10, seed=123), num_samples=4, ignore_eos=True)
     assert len(out) == 12 and [(c.prompt_index, c.sample_index) for c in out[:5]] == [
         (0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
     width = max(map(len, prompts))
     assert calls[0] == (3, width)  # one prefill row per prompt, not per sample
     assert all(shape == (12, 1) for shape in calls[1:]) and len(calls) == 10
     assert len({tuple(c.token_ids) for c in out[:4]}) > 1  # the G samples differ
-    again = engine.generate(prompts, 10, temperature=1.0, num_samples=4, seed=123, ignore_eos=True)
+    again = engine.generate(prompts, Sampling(temperature=1.0, max_tokens=10, seed=123), num_samples=4, ignore_eos=True)
     assert [c.token_ids for c in again] == [c.token_ids for c in out]
-    greedy = engine.generate(prompts, 10, temperature=0.0, num_samples=3)
-    single = engine.generate(prompts, 10, temperature=0.0)
+    greedy = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=10), num_samples=3)
+    single = engine.generate(prompts, Sampling(temperature=0.0, max_tokens=10))
     for i in range(3):
         assert all(greedy[3 * i + k].token_ids == single[i].token_ids for k in range(3))
 
@@ -160,10 +161,11 @@ def test_small_max_batch_chunks_prompts(tiny):
     model, tok = tiny
     prompts = chat_ids(tok, PROMPTS)
     # max_batch_size 2: one prompt per decode batch; prefill_budget 1: one prompt per prefill group
-    chunked = RolloutEngine(model, tok, max_batch_size=2).generate(prompts, 8, temperature=0.0, num_samples=2)
-    one_by_one = RolloutEngine(model, tok, prefill_budget=1).generate(prompts, 8, temperature=0.0, num_samples=2)
+    greedy = Sampling(temperature=0.0, max_tokens=8)
+    chunked = RolloutEngine(model, tok, max_batch_size=2).generate(prompts, greedy, num_samples=2)
+    one_by_one = RolloutEngine(model, tok, prefill_budget=1).generate(prompts, greedy, num_samples=2)
     assert [c.token_ids for c in one_by_one] == [c.token_ids for c in chunked]
-    whole = RolloutEngine(model, tok).generate(prompts, 8, temperature=0.0, num_samples=2)
+    whole = RolloutEngine(model, tok).generate(prompts, Sampling(temperature=0.0, max_tokens=8), num_samples=2)
     assert [c.token_ids for c in chunked] == [c.token_ids for c in whole]
     assert [c.prompt_index for c in chunked] == [0, 0, 1, 1, 2, 2]
 
@@ -173,7 +175,7 @@ def test_refresh_follows_weight_updates_without_version_bump(tiny):
     model = copy.deepcopy(model)
     prompts = chat_ids(tok, PROMPTS[:2])
     engine = RolloutEngine(model, tok)
-    engine.generate(prompts, 4, temperature=0.0)
+    engine.generate(prompts, Sampling(temperature=0.0, max_tokens=4))
     old = engine.layers[0].w_in.clone()
     with torch.no_grad():  # .data writes (and fused optimizers) do not bump version counters
         for layer in model.model.layers:
@@ -241,7 +243,7 @@ def test_cache_is_latent_only(tiny):
     engine = RolloutEngine(model, tok)
     c = model.config
     assert engine.cache_bytes_per_token() == c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4
-    engine.generate(chat_ids(tok, PROMPTS[:1]), 3, temperature=0.0)
+    engine.generate(chat_ids(tok, PROMPTS[:1]), Sampling(temperature=0.0, max_tokens=3))
     assert engine._cache.shape[-1] == c.kv_lora_rank + c.qk_rope_head_dim
 
 
@@ -250,6 +252,6 @@ def test_grouped_generation_one_completion_per_row(tiny):
     engine = RolloutEngine(model, tok)
     a, b = chat_ids(tok, PROMPTS[:2])
     rows = [a, a, a, b, b, a]  # runs of 3, 2, 1
-    out = generate_grouped(engine, rows, 6, temperature=0.0)
+    out = generate_grouped(engine, rows, Sampling(temperature=0.0, max_tokens=6))
     assert [c.prompt_ids for c in out] == rows
     assert out[0].token_ids == out[1].token_ids == out[5].token_ids

@@ -1,10 +1,10 @@
 """reasoner.rollout: fast batched rollouts (absorbed MLA over a compressed latent cache) for GRPO and serving.
 
-    from reasoner.rollout import RolloutEngine, make_rollout_func
+    from reasoner.rollout import RolloutEngine, Sampling, make_rollout_func
 
     engine = RolloutEngine(model, tokenizer)              # reads the model's weights in place
-    completions = engine.generate(prompt_ids, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
-                                  seed=0, stop_strings=("</answer>",), num_samples=8)
+    completions = engine.generate(prompt_ids, Sampling(temperature=1.0, max_tokens=256, seed=0, stop=("</answer>",)),
+                                  num_samples=8)
     # -> [Completion(prompt_index, sample_index, prompt_ids, token_ids, text, finish_reason, logprobs)], prompt-major
 
     trainer = GRPOTrainer(..., rollout_func=make_rollout_func())   # TRL's hook; no vLLM needed
@@ -18,6 +18,6 @@ One engine is not thread-safe (one static cache): callers that share it take a l
 """
 from reasoner.rollout.engine import Completion, RolloutEngine
 from reasoner.rollout.hooks import generate_grouped, make_rollout_func
-from reasoner.rollout.sampling import Sampling
+from reasoner.sampling import Sampling
 
 __all__ = ["Completion", "RolloutEngine", "Sampling", "generate_grouped", "make_rollout_func"]

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from reasoner.rollout.ffn import FFN, as_float32
 from reasoner.rollout.output import Completion, Output
-from reasoner.rollout.sampling import Sampling, sample
+from reasoner.rollout.sampling import sample
+from reasoner.sampling import Sampling
 from reasoner.rollout.speculative import generate_chunk_speculative
 
 __all__ = ["Completion", "RolloutEngine"]
@@ -111,7 +112,7 @@ class RolloutEngine:
     """Batched sampling from a DeepseekV3ForCausalLM with absorbed MLA and a static compressed-latent cache.
 
     engine = RolloutEngine(model, tokenizer)
-    completions = engine.generate([[1, 2, 3], [4, 5]], max_new_tokens=64, temperature=1.0, num_samples=8)
+    completions = engine.generate([[1, 2, 3], [4, 5]], Sampling(temperature=1.0, max_tokens=64), num_samples=8)
     """
 
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 64, eos_token_ids=None,
@@ -390,11 +391,11 @@ class RolloutEngine:
 
     # ----------------------------------------------------------------------------------------- generate
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_strings=(),
-                 num_samples: int = 1, ignore_eos: bool = False, return_logits: bool = False,
-                 max_time: float | None = None, speculative: bool | None = None) -> list[Completion]:
-        """num_samples completions per prompt, prompt-major (p0s0, p0s1, ..., p1s0, ...).
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling, num_samples: int = 1,
+                 ignore_eos: bool = False, return_logits: bool = False, max_time: float | None = None,
+                 speculative: bool | None = None) -> list[Completion]:
+        """num_samples completions per prompt, prompt-major (p0s0, p0s1, ..., p1s0, ...), each of at most
+        sampling.max_tokens tokens, ending at EOS or at one of sampling.stop; seeded by sampling.seed.
 
         The num_samples completions of one prompt share one prefill (its latent cache rows are copied).
         temperature=0 is greedy. With return_logits, each Completion gets `.logits` ([steps, vocab] raw
@@ -404,21 +405,18 @@ class RolloutEngine:
         forward (reasoner/rollout/speculative.py): greedy output is token for token the same, sampled output
         follows the same distribution; `acceptance_rate` reports the share of drafts accepted.
         """
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt")
-        if stop_strings and self.tokenizer is None:
+        if sampling.stop and self.tokenizer is None:
             raise ValueError("stop_strings need a tokenizer")
         speculative = self.mtp is not None if speculative is None else speculative
         if speculative and self.mtp is None:
             raise ValueError("speculative decoding needs a model with an MTP module (num_nextn_predict_layers)")
         self._maybe_refresh()
         request = _Request(
-            num_samples, max_new_tokens, Sampling(temperature, top_p, top_k),
-            None if seed is None else torch.Generator(device=self.device).manual_seed(seed),
-            (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings), ignore_eos, return_logits,
-            None if max_time is None else time.perf_counter() + max_time)
+            num_samples, sampling.max_tokens, sampling,
+            None if sampling.seed is None else torch.Generator(device=self.device).manual_seed(sampling.seed),
+            sampling.stop, ignore_eos, return_logits, None if max_time is None else time.perf_counter() + max_time)
         run = functools.partial(generate_chunk_speculative, self) if speculative else self._generate_chunk
         per_chunk = max(1, self.max_batch_size // num_samples)
         return [c for start in range(0, len(prompt_ids), per_chunk)

@@ -13,6 +13,7 @@ import itertools
 from typing import Any, Callable, Sequence
 
 from reasoner.rollout.engine import Completion, RolloutEngine
+from reasoner.sampling import Sampling
 
 
 def _prompt_ids(tokenizer, prompt, chat_template_kwargs: dict | None = None) -> list[int]:
@@ -35,7 +36,7 @@ def _runs(items: Sequence) -> list[tuple[int, int]]:
     return runs
 
 
-def generate_grouped(engine: RolloutEngine, prompt_ids: list[list[int]], max_new_tokens: int,
+def generate_grouped(engine: RolloutEngine, prompt_ids: list[list[int]], sampling: Sampling,
                      **kwargs) -> list[Completion]:
     """One completion per row of `prompt_ids`; runs of identical consecutive prompts share one prefill."""
     runs = _runs(prompt_ids)
@@ -44,7 +45,7 @@ def generate_grouped(engine: RolloutEngine, prompt_ids: list[list[int]], max_new
     for start, n in runs:
         by_count.setdefault(n, []).append(start)
     for n, starts in by_count.items():
-        completions = engine.generate([prompt_ids[s] for s in starts], max_new_tokens, num_samples=n, **kwargs)
+        completions = engine.generate([prompt_ids[s] for s in starts], sampling, num_samples=n, **kwargs)
         for k, c in enumerate(completions):
             out[starts[k // n] + k % n] = c
     return out  # type: ignore[return-value]
@@ -74,19 +75,19 @@ def make_rollout_func(engine: RolloutEngine | None = None, *, stop_strings: Sequ
             state["step"] = trainer.state.global_step
         args = trainer.args
         options = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0,
-                       max_new_tokens=args.max_completion_length, stop_strings=tuple(stop_strings))
-        for key, value in (args.generation_kwargs or {}).items():
+                       max_tokens=args.max_completion_length, stop=tuple(stop_strings))
+        for key, value in (args.generation_kwargs or {}).items():  # generate's names -> Sampling's
             if key in ("temperature", "top_p", "top_k", "max_new_tokens", "stop_strings"):
-                options[key] = tuple(value) if key == "stop_strings" else value
+                name = {"max_new_tokens": "max_tokens", "stop_strings": "stop"}.get(key, key)
+                options[name] = tuple(value) if key == "stop_strings" else value
         base = seed if seed is not None else args.seed
         call_seed = base * 1_000_003 + trainer.state.global_step * 1_009 + state["calls"]
         state["calls"] += 1
         tokenizer = trainer.processing_class
         template_kwargs = getattr(trainer, "chat_template_kwargs", None)
         prompt_ids = [_prompt_ids(tokenizer, p, template_kwargs) for p in prompts]
-        max_new = options.pop("max_new_tokens")
         drafted, accepted = eng.stats["drafted"], eng.stats["accepted"]
-        completions = generate_grouped(eng, prompt_ids, max_new, seed=call_seed, **options)
+        completions = generate_grouped(eng, prompt_ids, Sampling(seed=call_seed, **options))
         if eng.stats["drafted"] > drafted:  # MTP self-speculative rollouts: this call's acceptance rate
             state["acceptance"] = (eng.stats["accepted"] - accepted) / (eng.stats["drafted"] - drafted)
         return {
