@@ -50,15 +50,17 @@ def main() -> None:
     settings = PipelineSettings(samples=args.samples, retries=args.retries, temperature=1.0, max_tokens=96)
     level, choice = choose_level(args, task, settings, out)
     problems = {split: task.problems(split, n, level=level, seed=args.seed) for split, n in
-                (("train", args.train_problems), ("validation", args.n_validation), ("heldout", args.n_test))}
+                (("train", args.train_problems), ("validation", args.n_validation))}
+    problems["heldout"] = test_problems(task, level, args)
+    suffix = "" if args.test_seed is None else f"-test-seed{args.test_seed}"
     kept = distill_round(args, problems["train"], settings, out)
     datasets = {drawn: settled_dataset(kept, drawn, out) for drawn in args.max_drawn}
     students = {(drawn, lr, steps): train_student(args, datasets[drawn], lr, steps, out, drawn)
                 for drawn in args.max_drawn for lr in args.learning_rates for steps in args.steps}
     validation = {key: direct(path, problems["validation"], task).value for key, path in students.items()}
     best = max(validation, key=validation.get)
-    teacher_test = direct(args.teacher, problems["heldout"], task, out / "teacher-test.jsonl")
-    student_test = direct(students[best], problems["heldout"], task, out / "student-test.jsonl")
+    teacher_test = direct(args.teacher, problems["heldout"], task, out / f"teacher-test{suffix}.jsonl")
+    student_test = direct(students[best], problems["heldout"], task, out / f"student-test{suffix}.jsonl")
     summary = {"teacher": args.teacher, "task": args.task, "level": level, "level_choice": choice,
                "pipeline_settings": settings.options(), "train_problems": len(problems["train"]),
                "kept_rows": len(kept.rows), "distill_report": kept_report(kept.report),
@@ -68,11 +70,11 @@ def main() -> None:
                "student_validation": {student_name(*key): v for key, v in validation.items()},
                "student_max_drawn": best[0], "student_learning_rate": best[1], "student_steps": best[2],
                "student": str(students[best]),
-               "n_test": len(problems["heldout"]),
+               "n_test": len(problems["heldout"]), "test_seed": args.test_seed,
                "teacher_direct_test": teacher_test.to_dict(), "student_direct_test": student_test.to_dict(),
                "distill_gain_points": round(100 * (student_test.value - teacher_test.value), 1),
                "seconds": round(time.perf_counter() - started, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
     print(f"level {level} ({args.task}), chosen on validation: {choice}")
     print(f"kept {len(kept.rows)} rows from {len(problems['train'])} train problems; by max_drawn: "
           f"{summary['rows_by_max_drawn']} rows, right on train (grader, reported only): "
@@ -80,6 +82,16 @@ def main() -> None:
     print(f"student: {student_name(*best)} (validation direct: {summary['student_validation']})")
     print(f"test split, greedy, n={len(problems['heldout'])}: teacher direct {teacher_test}, student direct {student_test}")
     print(f"distill_gain={summary['distill_gain_points']}")
+
+
+def test_problems(task, level: int, args) -> list:
+    """The test split's problems. With --test-seed, a fresh draw from the same split that leaves out every problem
+    the --seed draw holds: a second report on problems no earlier run has looked at."""
+    if args.test_seed is None:
+        return task.problems("heldout", args.n_test, level=level, seed=args.seed)
+    used = {p.question for p in task.problems("heldout", args.n_test, level=level, seed=args.seed)}
+    fresh = task.problems("heldout", 3 * args.n_test, level=level, seed=args.test_seed)
+    return [p for p in fresh if p.question not in used][:args.n_test]
 
 
 def parse_args() -> argparse.Namespace:
@@ -99,6 +111,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-choice", type=int, default=80, help="validation problems for the level's pipeline figure")
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-seed", type=int, default=None,
+                        help="score on a fresh draw of the test split, none of --seed's (summary-test-seedN.json)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more only fight other jobs on a shared box)")
     parser.add_argument("--output", default="runs/distill")
     parser.add_argument("--quick", action="store_true", help="600 train problems; one student: settled solves, lr 3e-3, 150 steps")
