@@ -38,10 +38,8 @@ RECIPE = {
 LAUNCHER = r'''
 import hashlib, json, os, sys
 import reasoner.rl.balance as balance
-import reasoner.rl.grpo as grpo
-import reasoner.rl.sft as sft
+import reasoner.rl.train as training
 from reasoner.rl.recipe import Recipe
-from reasoner.rl.train import train
 
 recipe_path, out_dir = sys.argv[1], sys.argv[2]
 local_loads = []  # this rank's own expert loads, before the all-reduce, one entry per step
@@ -79,9 +77,9 @@ def recorded(stage, run):
         return trainer
     return wrapper
 
-sft.run_sft = recorded("sft", sft.run_sft)    # train.py imports these at call time
-grpo.run_grpo = recorded("grpo", grpo.run_grpo)
-train(Recipe.load(recipe_path))
+training.run_sft = recorded("sft", training.run_sft)    # the names train.py calls
+training.run_grpo = recorded("grpo", training.run_grpo)
+training.train(Recipe.load(recipe_path))
 '''
 
 
@@ -140,8 +138,6 @@ import torch
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
-import reasoner.rl.grpo as grpo
-import reasoner.rl.sft as sft
 import reasoner.rl.train as training
 from reasoner.rl.recipe import Recipe
 
@@ -190,8 +186,8 @@ def recorded(stage, run):
         return trainer
     return wrapper
 
-sft.run_sft = recorded("sft", sft.run_sft)
-grpo.run_grpo = recorded("grpo", grpo.run_grpo)
+training.run_sft = recorded("sft", training.run_sft)
+training.run_grpo = recorded("grpo", training.run_grpo)
 training.train(Recipe.load(recipe_path))
 """ % (PROBE,)
 
