@@ -18,7 +18,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from accelerate.utils import DistributedType
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from reasoner.errors import ReasonerError
@@ -29,6 +31,9 @@ MARKER = "COMPLETE"
 # (save_checkpoint), so a checkpoint can prove it is whole: a truncated, overwritten or bit-flipped file is named
 # at load instead of failing deep inside a loader, or worse, loading as garbage weights.
 MANIFEST = "MANIFEST.json"
+# A LoRA checkpoint-N holds only the adapters, but the balancer also moves the routers' e_score_correction_bias
+# buffers: they are saved beside it, so a resume does not lose the balancer's work.
+ROUTER_BIASES = "router_biases.safetensors"
 SKIP_CHECKSUMS_ENV = "REASONER_SKIP_CHECKSUMS"  # =1: check only that files exist with the recorded sizes
 _CHUNK = 8 << 20
 
@@ -137,12 +142,37 @@ def mark_complete(folder: str | Path, step: int) -> None:
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, model=None, **kwargs):
         # on_save runs after the Trainer's _save_checkpoint (weights, optimizer, scheduler, RNG, state) returned.
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
+                if model is not None:
+                    save_router_biases(model, folder)
                 mark_complete(folder, state.global_step)
+
+
+def _router_biases(model) -> dict[str, torch.Tensor]:
+    """The routers' bias buffers, named from `layers.` on: a PEFT wrapper prefixes the names."""
+    return {name[name.index("layers."):]: buffer for name, buffer in model.named_buffers()
+            if name.endswith("e_score_correction_bias") and "layers." in name}
+
+
+def save_router_biases(model, folder: str | Path) -> None:
+    biases = {name: buffer.detach().cpu().contiguous() for name, buffer in _router_biases(model).items()}
+    if biases:
+        save_file(biases, str(Path(folder) / ROUTER_BIASES))
+
+
+@torch.no_grad()
+def restore_router_biases(model, folder: str | Path) -> None:
+    """Put back the biases a checkpoint saved (a full checkpoint also holds them in its weights: same values)."""
+    path = Path(folder) / ROUTER_BIASES
+    if path.is_file():
+        saved = load_file(str(path))
+        for name, buffer in _router_biases(model).items():
+            if name in saved:
+                buffer.copy_(saved[name].to(buffer.device, buffer.dtype))
 
 
 def _step(path: Path) -> int:

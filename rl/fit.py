@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reasoner.rl.balance import ExpertLoadBalancer
-from reasoner.rl.checkpoints import latest_complete_checkpoint
+from reasoner.rl.checkpoints import latest_complete_checkpoint, restore_router_biases
 from reasoner.rl.progress import use_compact_progress
 
 
@@ -13,6 +13,9 @@ def fit(trainer, gamma: float, output_dir: Path, stage: str):
     balancer = ExpertLoadBalancer(trainer.model, gamma)
     trainer.add_callback(balancer)
     use_compact_progress(trainer, stage)
-    trainer.train(resume_from_checkpoint=latest_complete_checkpoint(output_dir))
+    resume = latest_complete_checkpoint(output_dir)
+    if resume:
+        restore_router_biases(trainer.model, resume)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.balancer = balancer
     return trainer

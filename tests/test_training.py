@@ -263,3 +263,23 @@ def test_lora_on_a_module_the_model_lacks_names_the_field():
 
     with pytest.raises(ReasonerError, match=r"lora.target_modules: \['q_b_proj'\] are not modules"):
         with_lora(load_model("tiny")[0], LoraConfig(enabled=True, target_modules=["q_b_proj", "o_proj"]))
+
+
+def test_a_lora_checkpoint_keeps_the_router_biases_the_balancer_moved(tmp_path):
+    """A LoRA checkpoint-N holds only adapters; the routers' biases are saved beside it and put back on resume."""
+    from reasoner.rl.checkpoints import ROUTER_BIASES, restore_router_biases, save_router_biases
+    from reasoner.rl.lora import with_lora
+    from reasoner.rl.recipe import LoraConfig
+
+    model = with_lora(load_model("tiny")[0], LoraConfig(enabled=True, r=4))
+    biases = [b for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")]
+    assert biases
+    moved = [torch.randn_like(b) for b in biases]
+    for bias, value in zip(biases, moved):
+        bias.copy_(value)
+    save_router_biases(model, tmp_path)
+    assert (tmp_path / ROUTER_BIASES).is_file()
+    fresh = with_lora(load_model("tiny")[0], LoraConfig(enabled=True, r=4))
+    restore_router_biases(fresh, tmp_path)
+    restored = [b for n, b in fresh.named_buffers() if n.endswith("e_score_correction_bias")]
+    assert all(torch.equal(a, b) for a, b in zip(restored, moved))
