@@ -20,7 +20,6 @@ journaled, so a rerun asks that chunk again.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -36,6 +35,7 @@ from reasoner.errors import ReasonerError
 from reasoner.evaluation.grading import grade_many
 from reasoner.generation import sample
 from reasoner.model import load_model
+from reasoner.rl.checkpoints import sha256_file
 from reasoner.rl.data import render_prompt
 from reasoner.sampling import Sampling
 from reasoner.serving.backends import BackendError, OpenAIBackend
@@ -43,7 +43,7 @@ from reasoner.tasks.base import Problem
 from reasoner.traces.build import model_call_span, node_span, verification_span
 from reasoner.traces.model import Trace
 from reasoner.traces.store import TraceStore
-from reasoner.verify import extract_answer, extract_code
+from reasoner.verify import answer_of
 
 JOURNAL, DATASET, REPORT, LINEAGE = "journal.jsonl", "dataset.jsonl", "report.json", "lineage.json"
 EXAMPLES_SHOWN = 5                      # unparseable answers and errors quoted in the report
@@ -76,11 +76,6 @@ class Counters:
     def error(self, problem: Problem, err: Exception) -> None:
         if len(self.error_examples) < EXAMPLES_SHOWN:
             self.error_examples.append({"problem_id": problem.id, "error": str(err)[:300]})
-
-
-def parsed_answer(text: str, kind: str) -> str | None:
-    answer = extract_code(text) if kind == "code" else extract_answer(text)
-    return answer if answer and answer.strip() else None
 
 
 # ---------------------------------------------------------------- teachers
@@ -122,11 +117,10 @@ class HTTPTeacher:
         return out
 
     def _ask(self, problem: Problem, seed: int) -> list[str] | None:
-        sampling = Sampling(self.sampling.temperature, self.sampling.top_p, max_tokens=self.sampling.max_tokens,
-                            seed=seed)
+        sampling = replace(self.sampling, seed=seed)
+        messages = [{"role": "user", "content": problem.question}]  # the direct prompt: the question alone
         for attempt in range(self.attempts):
             try:
-                messages = [{"role": "user", "content": problem.question}]  # the direct prompt: the question alone
                 return [g.text for g in self.backend.generate(messages, self.samples, sampling)]
             except (BackendError, OSError) as err:
                 if attempt + 1 == self.attempts:
@@ -283,7 +277,7 @@ def drop_reason(draw: Draw, problem: Problem, filters: Filters, kept: list[str])
     """Why a draw is not kept (None: kept). Format first: an unparseable answer is reported, not just failed."""
     if draw.completion is None:
         return "no_answer"
-    if filters.require_format and parsed_answer(draw.completion, problem.kind) is None:
+    if filters.require_format and answer_of(draw.completion, problem.kind) is None:
         return "unparseable"
     if not draw.passed:
         return "failed_check"
@@ -386,10 +380,6 @@ def _write_atomically(path: Path, text: str) -> Path:
 
 def read_rows(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def sft_rows_dataset(path: str | Path, tokenizer, style: str = "plain") -> Dataset:

@@ -5,7 +5,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from reasoner.pipeline.checks import answer_of
+from reasoner.verify import answer_of
 from reasoner.verify import answers_equal, majority, same_text
 
 

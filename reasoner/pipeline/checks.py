@@ -7,18 +7,12 @@ problem shows. Never the user's own question evaluated, never a gold answer or a
 """
 from __future__ import annotations
 
-from reasoner.verify import answers_equal, calculate, check_certificate, extract_answer, extract_code
+from reasoner.verify import answers_equal, calculate, check_certificate
 from reasoner.verify import check_code as run_tests
 
 
 def verdict(result: str, detail: str, verifier: str) -> dict:
     return {"verdict": result, "detail": detail, "verifier": verifier}
-
-
-def answer_of(text: str, kind: str) -> str | None:
-    """The extracted answer (a program for code); an empty one ("<answer></answer>") is no answer."""
-    answer = extract_code(text) if kind == "code" else extract_answer(text)
-    return answer if answer and answer.strip() else None
 
 
 def check(kind: str, text: str, answer: str | None, question: str, *, model_written: bool = False,

@@ -49,7 +49,7 @@ from reasoner.pipeline.plans import PlanError, Step, parse_plan, ready_steps, su
 from reasoner.prompts import render
 from reasoner.serving.backends import Backend, BackendError, Generation
 from reasoner.tasks.base import Question
-from reasoner.verify import answers_equal, calculate, majority, same_text
+from reasoner.verify import answer_of, answers_equal, calculate, majority, same_text
 
 
 def merge(left: dict | None, right: dict | None) -> dict:
@@ -315,7 +315,7 @@ def sample(state: StepState, runtime: Runtime[RunContext]) -> dict:
     except BackendError as err:
         return {"samples": [], "events": [f"step {state['step_id']}: {err}"],
                 "step_spans": [recording.event("sample", str(err), attempt=attempt)]}
-    samples = [{"text": g.text, "finish_reason": g.finish_reason, "answer": checks.answer_of(g.text, state["task"])}
+    samples = [{"text": g.text, "finish_reason": g.finish_reason, "answer": answer_of(g.text, state["task"])}
                for g in generations]
     calls = recording.model_calls(generations, sampling.to_dict(), runtime.context.backend.name)
     return {"samples": samples, "drawn": len(generations),

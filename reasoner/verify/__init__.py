@@ -1,6 +1,6 @@
 """reasoner.verify: the one place that decides whether an answer is right.
 
-Math: extract_answer, answers_equal, check_answer (answers.py); calculate (calculator.py); majority (vote.py).
+Math: extract_answer, answers_equal, check_answer (answers.py); calculate (calculator.py); answer_of, majority (vote.py).
 Countdown: check_certificate, countdown_question (countdown.py).
 Code: run_python, run_many, ExecResult (sandbox.py); extract_code, check_code, check_code_many (code.py).
 """
@@ -9,10 +9,11 @@ from reasoner.verify.calculator import calculate
 from reasoner.verify.code import check_code, check_code_many, extract_code
 from reasoner.verify.countdown import check_certificate, check_countdown, countdown_correct, countdown_question
 from reasoner.verify.sandbox import ExecResult, run_many, run_python
-from reasoner.verify.vote import majority, same_text
+from reasoner.verify.vote import answer_of, majority, same_text
 
 __all__ = [
     "ExecResult",
+    "answer_of",
     "answers_equal",
     "calculate",
     "check_certificate",

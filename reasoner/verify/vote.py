@@ -1,9 +1,16 @@
-"""Majority voting, one function for the pipeline's vote and the evaluation's maj@N baseline."""
+"""Majority voting, one function for the pipeline's vote and the evaluation's maj@N baseline, over answer_of."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from reasoner.verify.answers import answers_equal
+from reasoner.verify.answers import answers_equal, extract_answer
+from reasoner.verify.code import extract_code
+
+
+def answer_of(text: str, kind: str) -> str | None:
+    """The extracted answer (a program for code); an empty one ("<answer></answer>") is no answer."""
+    answer = extract_code(text) if kind == "code" else extract_answer(text)
+    return answer if answer and answer.strip() else None
 
 
 def majority(answers: Sequence[str | None], same: Callable[[str, str], bool] = answers_equal
