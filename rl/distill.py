@@ -33,6 +33,7 @@ from datasets import Dataset
 from reasoner.api import Reasoner
 from reasoner.errors import ReasonerError
 from reasoner.evaluation.grading import grade_many
+from reasoner.files import write_json_atomically, write_jsonl_atomically
 from reasoner.generation import sample
 from reasoner.model import load_model
 from reasoner.rl.checkpoints import sha256_file
@@ -361,21 +362,7 @@ def _append_line(path: Path, entry: dict) -> None:
 
 
 def write_rows_atomically(path: Path, rows: Sequence[dict]) -> Path:
-    return _write_atomically(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
-def write_json_atomically(path: Path, data: dict) -> Path:
-    return _write_atomically(path, json.dumps(data, indent=1))
-
-
-def _write_atomically(path: Path, text: str) -> Path:
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(staging, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)
-    return path
+    return write_jsonl_atomically(path, rows, sort_keys=True)
 
 
 def read_rows(path: str | Path) -> list[dict]:

@@ -9,11 +9,11 @@ import json
 import os
 import re
 import sys
-import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from reasoner.errors import ReasonerError
+from reasoner.files import atomic_open
 
 SORT_CHOICES = ("created", "reward", "task", "source", "model", "tokens", "length")
 EXPORT_FORMATS = ("html", "jsonl", "otlp")
@@ -256,7 +256,8 @@ def run_export(args: argparse.Namespace) -> int:
         if args.output == "-":
             count = writer(traces, sys.stdout)
         else:
-            count = _write_atomically(Path(args.output), lambda out: writer(traces, out))
+            with atomic_open(args.output) as out:  # an interrupted export never leaves half a file
+                count = writer(traces, out)
     if args.output != "-":
         print(f"exported {count} trace{'s' * (count != 1)} to {args.output} ({args.format})", file=sys.stderr)
     if capped:
@@ -267,25 +268,6 @@ def run_export(args: argparse.Namespace) -> int:
         print("warning: no trace matched; nothing was exported (check the filters, ids and --store)", file=sys.stderr)
         return 1
     return 0
-
-
-def _write_atomically(path: Path, write) -> int:
-    """Write beside the target, then rename: an interrupted export never leaves half a file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ReasonerError(f"cannot write {path}: folder {directory} does not exist")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            count = write(out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; an export is an ordinary file
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return count
 
 
 def run_ui(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from typing import Sequence
 from reasoner.errors import ReasonerError
 from reasoner.evaluation.grading import grade_many
 from reasoner.evaluation.metrics import Metric, bootstrap, voted_completion
+from reasoner.files import write_json_atomically, write_jsonl_atomically
 from reasoner.serving.backends import Backend, BackendError, Sampling
 from reasoner.progress import printable, progress
 from reasoner.prompts import recipe_style, render
@@ -223,8 +224,8 @@ def evaluate_endpoint(backend: Backend, problems: Sequence[Problem], output: Pat
     finally:
         stop.set()  # Ctrl-C: workers ask for nothing more; what finished is on disk
         sink.close()
-    _rewrite(output, [rows[p.id] for p in problems if p.id in rows]
-             + [row for i, row in rows.items() if i not in messages])
+    write_jsonl_atomically(output, [rows[p.id] for p in problems if p.id in rows]
+                           + [row for i, row in rows.items() if i not in messages])
     graded = [rows[p.id] for p in problems if p.id in rows and "error" not in rows[p.id]]
     keys = ["pass@1"] + ([f"maj@{samples}", f"pass@{samples}"] if samples > 1 else [])
     return EndpointReport({key: bootstrap([r[key] for r in graded]) for key in keys}, n=len(problems),
@@ -269,26 +270,15 @@ def _open_output(output: Path, wanted: dict, base_url: str | None) -> dict[str, 
             if isinstance(row, dict) and isinstance(row.get("id"), str):
                 rows[row["id"]] = row
         if torn or not output.read_bytes().endswith(b"\n"):
-            _rewrite(output, list(rows.values()))
+            write_jsonl_atomically(output, list(rows.values()))
         if base_url and stored.get("base_url") not in (None, base_url):
             stored["base_url_history"] = [*stored.get("base_url_history", []), stored["base_url"]]
             stored["base_url"] = base_url
-            _write_atomic(sidecar, json.dumps(stored, indent=1) + "\n")
+            write_json_atomically(sidecar, stored)
         return rows
     output.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(sidecar, json.dumps({**{k: wanted.get(k) for k in CHECKED}, "base_url": base_url}, indent=1) + "\n")
+    write_json_atomically(sidecar, {**{k: wanted.get(k) for k in CHECKED}, "base_url": base_url})
     output.write_text("")
     return rows
 
 
-def _rewrite(output: Path, rows: list[dict]) -> None:
-    _write_atomic(output, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

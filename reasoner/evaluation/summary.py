@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from reasoner.files import write_json_atomically
 
 
 def write_summary(results: dict, path: str | Path) -> Path:
@@ -12,7 +13,4 @@ def write_summary(results: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = json.loads(path.read_text()) if path.exists() else {}
     summary.update(results)
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    staging.write_text(json.dumps(summary, indent=2) + "\n")
-    staging.replace(path)
-    return path
+    return write_json_atomically(path, summary, indent=2)
