@@ -9,8 +9,16 @@ to learn from (all, or only solves that settled within N completions: the pipeli
 have no clear majority, so this is its own confidence, known at solve time), the student's learning rate and
 steps. The grader also reports, on the train split, how many kept labels were right (never used to keep them).
 
+With --alternatives, the same student start is also trained (same batch, rate and step grid, chosen on
+validation) on two other teachers' rows over the same train problems:
+- majority: self-consistency at equal compute, the teacher checkpoint answering each problem directly at T=1 as
+  many times as the pipeline drew completions on it, keeping the majority answer's completion (no gold);
+- blind: the question-blind backend as the pipeline's model, same keep rule; its student must gain nothing.
+Each is scored on validation and test, paired with the method's student on the same problems.
+
     python benchmarks/distill.py            # the measurement: ends with distill_gain=X (points, test split)
     python benchmarks/distill.py --quick    # a smaller round (fewer train problems and steps), same output
+    python benchmarks/distill.py --alternatives majority blind [--test-seed 1]
 
 Resumable: the kept samples (journal), each trained student and the choices are reused on a rerun.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,10 +35,12 @@ import torch
 from reasoner.api import Reasoner
 from reasoner.evaluation.checkpoints import evaluate_checkpoint
 from reasoner.evaluation.compare import PipelineSettings, solve_through_pipeline
+from reasoner.evaluation.controls import BlindBackend
 from reasoner.evaluation.grading import grade_many
-from reasoner.evaluation.metrics import bootstrap
+from reasoner.evaluation.metrics import Metric, bootstrap
 from reasoner.progress import quiet_libraries
-from reasoner.rl.distill import Filters, PipelineTeacher, collect, read_rows, rows_settled_within, write_rows_atomically
+from reasoner.rl.distill import (Filters, MajorityVoteTeacher, PipelineTeacher, collect, drawn_by_problem, read_rows,
+                                  rows_settled_within, write_rows_atomically)
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.train import train_on_dataset
 from reasoner.sampling import Sampling
@@ -55,12 +66,16 @@ def main() -> None:
     suffix = "" if args.test_seed is None else f"-test-seed{args.test_seed}"
     kept = distill_round(args, problems["train"], settings, out)
     datasets = {drawn: settled_dataset(kept, drawn, out) for drawn in args.max_drawn}
-    students = {(drawn, lr, steps): train_student(args, datasets[drawn], lr, steps, out, drawn)
+    students = {(drawn, lr, steps): train_student(args, datasets[drawn], lr, steps, out, student_name(drawn, lr, steps))
                 for drawn in args.max_drawn for lr in args.learning_rates for steps in args.steps}
-    validation = {key: direct(path, problems["validation"], task).value for key, path in students.items()}
+    validation = {key: direct(path, problems["validation"], task, out / "validation" / f"{student_name(*key)}.jsonl").value
+                  for key, path in students.items()}
     best = max(validation, key=validation.get)
     teacher_test = direct(args.teacher, problems["heldout"], task, out / f"teacher-test{suffix}.jsonl")
     student_test = direct(students[best], problems["heldout"], task, out / f"student-test{suffix}.jsonl")
+    method = {"validation": out / "validation" / f"{student_name(*best)}.jsonl", "test": out / f"student-test{suffix}.jsonl"}
+    alternatives = {name: alternative(name, args, problems, settings, kept, best, method, suffix, out)
+                    for name in args.alternatives}
     summary = {"teacher": args.teacher, "task": args.task, "level": level, "level_choice": choice,
                "pipeline_settings": settings.options(), "train_problems": len(problems["train"]),
                "kept_rows": len(kept.rows), "distill_report": kept_report(kept.report),
@@ -73,7 +88,8 @@ def main() -> None:
                "n_test": len(problems["heldout"]), "test_seed": args.test_seed,
                "teacher_direct_test": teacher_test.to_dict(), "student_direct_test": student_test.to_dict(),
                "distill_gain_points": round(100 * (student_test.value - teacher_test.value), 1),
-               "seconds": round(time.perf_counter() - started, 1)}
+               "completions_drawn": sum(drawn_by_problem(kept.rows, out / "traces.db").values()),
+               "alternatives": alternatives, "seconds": round(time.perf_counter() - started, 1)}
     (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
     print(f"level {level} ({args.task}), chosen on validation: {choice}")
     print(f"kept {len(kept.rows)} rows from {len(problems['train'])} train problems; by max_drawn: "
@@ -81,6 +97,13 @@ def main() -> None:
           f"{summary['label_accuracy_train_by_max_drawn']}")
     print(f"student: {student_name(*best)} (validation direct: {summary['student_validation']})")
     print(f"test split, greedy, n={len(problems['heldout'])}: teacher direct {teacher_test}, student direct {student_test}")
+    for name, figures in alternatives.items():
+        print(f"{name}: {figures['completions_drawn']} completions, {figures['kept_rows']} rows "
+              f"({100 * figures['label_accuracy_train']:.1f}% right on train, grader, reported only); "
+              f"{figures['student']} (validation {figures['validation']}); test direct {figures['test_str']}; "
+              f"method minus {name}: validation {figures['method_minus_this_validation_str']}, "
+              f"test {figures['method_minus_this_test_str']}; {name} minus teacher direct on test: "
+              f"{figures['this_minus_teacher_test_str']}")
     print(f"distill_gain={summary['distill_gain_points']}")
 
 
@@ -115,6 +138,8 @@ def parse_args() -> argparse.Namespace:
                         help="score on a fresh draw of the test split, none of --seed's (summary-test-seedN.json)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more only fight other jobs on a shared box)")
     parser.add_argument("--output", default="runs/distill")
+    parser.add_argument("--alternatives", nargs="*", default=[], choices=ALTERNATIVES,
+                        help="also train students on these teachers' rows: majority (equal compute), blind (control)")
     parser.add_argument("--quick", action="store_true", help="600 train problems; one student: settled solves, lr 3e-3, 150 steps")
     args = parser.parse_args()
     if args.quick:
@@ -154,6 +179,79 @@ def distill_round(args, problems, settings: PipelineSettings, out: Path):
                        seed=args.seed, store_path=out / "traces.db")
 
 
+ALTERNATIVES = ("majority", "blind")
+
+
+def alternative(name: str, args, problems: dict, settings: PipelineSettings, kept, best: tuple, method: dict,
+                suffix: str, out: Path) -> dict:
+    """Another teacher's rows over the same train problems; the same student start, batch and rate trained on
+    them (the blind control: the method's chosen steps; the majority: the whole step grid, chosen on validation),
+    scored on validation and test and paired with the method's student on the same problems."""
+    task, lr = get_task(args.task), best[1]
+    rows = majority_round(args, problems["train"], settings, kept, out) if name == "majority" else \
+        blind_round(args, problems["train"], settings, out)
+    steps_grid = sorted(args.steps, reverse=True) if name == "majority" else [best[2]]
+    students = {steps: train_student(args, rows.dataset, lr, steps, out, f"{name}-student-lr{lr:g}-steps{steps}",
+                                     traces=rows.report["trace_store"]) for steps in steps_grid}
+    validation_files = {steps: out / "validation" / f"{path.parent.name}.jsonl" for steps, path in students.items()}
+    validation = {steps: direct(students[steps], problems["validation"], task, validation_files[steps]).value
+                  for steps in students}
+    steps = max(validation, key=validation.get)
+    test_file = out / f"{name}-student-test{suffix}.jsonl"
+    test = direct(students[steps], problems["heldout"], task, test_file)
+    teacher_file = out / f"teacher-test{suffix}.jsonl"
+    paired = {"method_minus_this_validation": difference(method["validation"], validation_files[steps]),
+              "method_minus_this_test": difference(method["test"], test_file),
+              "this_minus_teacher_test": difference(test_file, teacher_file)}
+    return {"teacher": rows.report["teacher"], "completions_drawn": rows.completions, "kept_rows": len(rows.rows),
+            "label_accuracy_train": label_accuracy(rows.rows, problems["train"]),
+            "validation": {f"steps{k}": v for k, v in validation.items()}, "steps": steps,
+            "student": str(students[steps]), "test": test.to_dict(), "test_str": str(test),
+            **{k: v.to_dict() for k, v in paired.items()}, **{f"{k}_str": signed(v) for k, v in paired.items()}}
+
+
+@dataclass
+class Rows:
+    dataset: Path
+    rows: list
+    report: dict
+    completions: int   # model completions drawn over the train problems (planner calls included)
+
+
+def majority_round(args, problems, settings: PipelineSettings, kept, out: Path) -> Rows:
+    """Self-consistency at equal compute: on each train problem as many direct T=1 completions as the pipeline
+    drew there (its traces say), the majority answer's first completion kept; no gold answer is read."""
+    budget = drawn_by_problem(kept.rows, out / "traces.db")
+    teacher = MajorityVoteTeacher(args.teacher, samples=1, budget=budget,
+                                  sampling=Sampling(temperature=1.0, max_tokens=settings.max_tokens))
+    voted = collect(teacher, problems, out / "majority", filters=Filters(per_problem=1), chunk_size=50,
+                    seed=args.seed, store_path=out / "traces.db")
+    return Rows(voted.dataset, voted.rows, voted.report, sum(budget[p.id] for p in problems))
+
+
+def blind_round(args, problems, settings: PipelineSettings, out: Path) -> Rows:
+    """The pipeline with the question-blind backend as its model, the method's keep rule; its own trace store."""
+    store = out / "blind" / "traces.db"
+    reasoner = Reasoner(BlindBackend(problems[0].kind, args.seed), checkpoints=out / "blind" / "pipeline.db",
+                        traces=store)
+    teacher = PipelineTeacher(reasoner, "pipeline(question-blind)", settings.options())
+    with reasoner:
+        blind = collect(teacher, problems, out / "blind" / "round1", filters=Filters(per_problem=1), chunk_size=50,
+                        seed=args.seed, store_path=store)
+    return Rows(blind.dataset, blind.rows, blind.report, sum(drawn_by_problem(blind.rows, store).values()))
+
+
+def difference(first: Path, second: Path) -> Metric:
+    """Paired: first's accuracy minus second's on the same problems, bootstrapped over problems."""
+    a, b = (dict((r["id"], r["pass@1"]) for r in read_rows(path)) for path in (first, second))
+    assert a.keys() == b.keys(), f"{first} and {second} scored different problems"
+    return bootstrap([a[k] - b[k] for k in a])
+
+
+def signed(metric: Metric) -> str:
+    return f"{100 * metric.value:+.1f} points [{100 * metric.low:+.1f}, {100 * metric.high:+.1f}]"
+
+
 def settled_dataset(kept, max_drawn: int | None, out: Path) -> Path:
     """The kept rows whose solve settled within max_drawn completions (the pipeline's own confidence)."""
     if max_drawn is None:
@@ -166,12 +264,13 @@ def student_name(max_drawn: int | None, learning_rate: float, steps: int) -> str
     return f"student-{'any' if max_drawn is None else f'drawn{max_drawn}'}-lr{learning_rate:g}-steps{steps}"
 
 
-def train_student(args, dataset: Path, learning_rate: float, steps: int, out: Path, max_drawn: int | None) -> Path:
+def train_student(args, dataset: Path, learning_rate: float, steps: int, out: Path, stage: str,
+                  traces: str | Path | None = None) -> Path:
     recipe = Recipe.load("demo", [f"output_dir={out}", f"threads={args.threads}", f"seed={args.seed}",
                                   f"sft.max_steps={steps}", f"sft.batch_size={args.batch_size}",
                                   f"sft.learning_rate={learning_rate}", "sft.warmup_steps=10", "traces=" +
-                                  str(out / "traces.db")])
-    return train_on_dataset(recipe, args.teacher, dataset, stage=student_name(max_drawn, learning_rate, steps))
+                                  str(traces or out / "traces.db")])
+    return train_on_dataset(recipe, args.teacher, dataset, stage=stage)
 
 
 def direct(checkpoint, problems, task, output: Path | None = None):

@@ -9,9 +9,12 @@ Teachers:
   `reasoning_content` field comes back inside `<think>` (the backend puts it there);
 - PipelineTeacher: the solving pipeline with its honest verifiers. What it solves with plans, votes and
   retries becomes direct-answer data: the slow thinker teaches the fast one.
+- MajorityVoteTeacher: self-consistency, a local checkpoint sampled N times per problem; the completion with
+  the most common answer is kept. The simplest teacher that needs no gold answer and no verifier.
 
 Keep rules: a model teacher's samples are graded against the train split's gold answers, as R1 does. The
-pipeline's answers are kept on the pipeline's own verdict (what a user has at solve time), never on gold.
+pipeline's answers are kept on the pipeline's own verdict (what a user has at solve time), and the majority
+teacher's on the vote alone: neither reads a gold answer.
 
 Work goes in chunks. Each finished chunk is one fsynced line of journal.jsonl, so a killed run resumes at the
 next chunk and draws exactly what it would have drawn (seeds are per chunk). dataset.jsonl is written once,
@@ -26,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from datasets import Dataset
 
@@ -44,7 +47,7 @@ from reasoner.tasks.base import Problem
 from reasoner.traces.build import model_call_span, node_span, verification_span
 from reasoner.traces.model import Trace
 from reasoner.traces.store import TraceStore
-from reasoner.verify import answer_of
+from reasoner.verify import answer_of, answers_equal, majority, same_text
 
 JOURNAL, DATASET, REPORT, LINEAGE = "journal.jsonl", "dataset.jsonl", "report.json", "lineage.json"
 EXAMPLES_SHOWN = 5                      # unparseable answers and errors quoted in the report
@@ -93,9 +96,41 @@ class CheckpointTeacher:
         self.counters = Counters()
 
     def answer(self, problems: Sequence[Problem], seed: int) -> list[list[Draw]]:
+        return graded(problems, self.texts(problems, seed, self.samples))
+
+    def texts(self, problems: Sequence[Problem], seed: int, samples: int) -> list[list[str]]:
         prompts = [render_prompt(p.question, self.tokenizer, self.style) for p in problems]
-        texts = sample(self.model, self.tokenizer, prompts, replace(self.sampling, seed=seed), self.samples)
-        return graded(problems, texts)
+        return sample(self.model, self.tokenizer, prompts, replace(self.sampling, seed=seed), samples)
+
+
+class MajorityVoteTeacher:
+    """Self-consistency as a teacher: a local checkpoint samples each problem, and the first completion whose
+    answer is the most common is kept (maj@N's vote: equal values for math, the same text otherwise; ties go to
+    the answer drawn first). No gold answer is read, so a wrong majority is kept too. `budget` gives problems
+    their own number of samples by id, e.g. as many completions as another teacher drew on each: equal compute."""
+
+    def __init__(self, checkpoint: str | Path, samples: int, sampling: Sampling, prompt_style: str = "plain",
+                 model=None, tokenizer=None, budget: Mapping[str, int] | None = None):
+        self.sampler = CheckpointTeacher(checkpoint, samples, sampling, prompt_style, model, tokenizer)
+        self.name, self.samples, self.budget = f"majority({checkpoint})", samples, dict(budget or {})
+        self.counters = self.sampler.counters
+
+    def answer(self, problems: Sequence[Problem], seed: int) -> list[list[Draw]]:
+        counts = [self.budget.get(p.id, self.samples) for p in problems]
+        texts: list[list[str]] = [[] for _ in problems]
+        for n in sorted(set(counts)):  # one batched call per sample count
+            group = [i for i, c in enumerate(counts) if c == n]
+            for i, drawn in zip(group, self.sampler.texts([problems[i] for i in group], seed + n, n)):
+                texts[i] = drawn
+        return [[voted_draw(p, t)] for p, t in zip(problems, texts)]
+
+
+def voted_draw(problem: Problem, texts: Sequence[str]) -> Draw:
+    """The majority answer's first completion; no answer among the samples: nothing to keep."""
+    answers = [answer_of(t, problem.kind) for t in texts]
+    answer, votes = majority(answers, answers_equal if problem.kind == "math" else same_text)
+    chosen = next((t for t, a in zip(texts, answers) if a == answer), None) if answer is not None else None
+    return Draw(chosen, chosen is not None, "majority", {"samples_drawn": len(texts), "votes": votes})
 
 
 class HTTPTeacher:
@@ -171,8 +206,14 @@ def rows_settled_within(rows: Sequence[dict], store_path: str | Path, max_drawn:
     """Kept pipeline rows whose solve settled within `max_drawn` completions, read from their traces."""
     if max_drawn is None:
         return list(rows)
+    drawn = drawn_by_problem(rows, store_path)
+    return [r for r in rows if settled(drawn[r["problem_id"]], max_drawn)]
+
+
+def drawn_by_problem(rows: Sequence[dict], store_path: str | Path) -> dict[str, int]:
+    """Completions the teacher drew on each kept row's problem (planner calls included), from their traces."""
     with TraceStore.open(store_path, read_only=True) as store:
-        return [r for r in rows if settled(store.get(r["trace_id"]).metadata["samples_drawn"], max_drawn)]
+        return {r["problem_id"]: store.get(r["trace_id"]).metadata["samples_drawn"] for r in rows}
 
 
 def direct_target(solution) -> str | None:
@@ -295,7 +336,7 @@ def distill_trace(problem: Problem, draw: Draw, teacher: str, out: Path) -> Trac
     """The kept sample as a trace. Its id is a function of the dataset, problem and text, so a rerun after a
     kill writes the same trace again (ignored by the store), never a second one."""
     key = f"{out.resolve()}|{problem.id}|{draw.completion}"
-    verdict = True if draw.kept_by == "grader" else "unknown" if draw.kept_by == "pipeline:unverified" else "pass"
+    verdict = True if draw.kept_by == "grader" else "pass" if draw.kept_by == "pipeline:verified" else "unknown"
     spans = [node_span("distill sample",
                        model_call_span(problem.question, draw.completion, model=teacher),
                        verification_span(verdict, draw.kept_by, verifier=draw.kept_by.split(":")[0]))]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,14 @@ import pytest
 from reasoner.cli import main
 from reasoner.evaluation.grading import grade_many
 from reasoner.model import is_checkpoint
-from reasoner.rl.distill import HTTPTeacher, collect, read_journal, read_rows, sha256_file
+from reasoner.rl.distill import (HTTPTeacher, MajorityVoteTeacher, collect, read_journal, read_rows, sha256_file,
+                                  voted_draw)
 from reasoner.rl.recipe import Recipe
 from reasoner.rl.train import train
 from reasoner.sampling import Sampling
 from reasoner.tasks import get_task
 from reasoner.traces.store import TraceStore
+from reasoner.verify import answer_of
 
 # Tiny scale: 40 cold-start steps on one-digit sums are enough for a few of 4 samples to pass the grader.
 FOUR_STAGES = ["threads=1", "sft.max_steps=40", "sft.batch_size=16", "sft.warmup_steps=2", "task.per_level=200",
@@ -166,3 +170,56 @@ def test_pipeline_teacher_keeps_answers_on_its_own_verdict(teacher_checkpoint, t
             trace = store.get(row["trace_id"])
             assert row["kept_by"] in ("pipeline:verified", "pipeline:unverified") and trace.correct is None
             assert store.get(trace.metadata["pipeline_trace"]).source == "pipeline"
+
+
+def test_majority_vote_keeps_the_most_common_answer_even_when_it_is_wrong():
+    problem = get_task("arithmetic").problems("train", 1, level=1)[0]
+    wrong, right = str(int(problem.answer) + 1), problem.answer
+    texts = [f"<answer>{right}</answer>", f"<think>a</think><answer>{wrong}</answer>", "no answer",
+             f"<think>b</think><answer>{wrong}</answer>"]
+    draw = voted_draw(problem, texts)
+    assert draw.completion == texts[1] and draw.passed and draw.meta == {"samples_drawn": 4, "votes": 2}
+    assert grade_many([problem], [draw.completion]) == [False]  # kept on the vote, not on gold
+    tie = voted_draw(problem, [texts[1], texts[0]])
+    assert tie.completion == texts[1]  # a tie goes to the answer drawn first
+    assert voted_draw(problem, ["no answer", "<answer></answer>"]).completion is None
+
+
+def test_majority_vote_teacher_never_reads_gold_and_resumes_like_the_others(teacher_checkpoint, tmp_path, capsys):
+    problems = get_task("arithmetic").problems("train", 8, level=1, seed=5)
+    drawn: dict[str, list[str]] = {}
+
+    def run(out, problems):
+        teacher = MajorityVoteTeacher(teacher_checkpoint, samples=3, sampling=Sampling(1.0, max_tokens=24),
+                                      budget={problems[0].id: 5})
+        texts = teacher.sampler.texts
+
+        def recording(chunk, seed, n):  # what the teacher drew, to check its vote against
+            out_texts = texts(chunk, seed, n)
+            drawn.update({p.id: t for p, t in zip(chunk, out_texts)})
+            return out_texts
+        teacher.sampler.texts = recording
+        return collect(teacher, problems, out, chunk_size=4, log=print)
+
+    result = run(tmp_path / "gold", problems)
+    assert len(drawn[problems[0].id]) == 5 and all(len(drawn[p.id]) == 3 for p in problems[1:])
+    assert result.rows and all(r["kept_by"] == "majority" for r in result.rows)
+    for row in result.rows:
+        answers = Counter(a for a in (answer_of(t, "math") for t in drawn[row["problem_id"]]) if a is not None)
+        assert row["completion"] in drawn[row["problem_id"]]
+        assert answers[answer_of(row["completion"], "math")] == max(answers.values())
+
+    nonsense = [replace(p, answer="-12345") for p in problems]  # gold answers the teacher could not match
+    assert _pairs(run(tmp_path / "nonsense", nonsense).rows) == _pairs(result.rows)
+
+    journal = tmp_path / "gold" / "journal.jsonl"  # as if killed after the first chunk
+    journal.write_text(journal.read_text().splitlines(keepends=True)[0])
+    (tmp_path / "gold" / "dataset.jsonl").unlink()
+    resumed = run(tmp_path / "gold", problems)
+    assert "resuming: 1 of 2 chunks" in capsys.readouterr().out and _pairs(resumed.rows) == _pairs(result.rows)
+    with TraceStore.open(tmp_path / "gold" / "traces.db") as store:
+        assert store.count(source="distill") == len(result.rows)
+
+
+def _pairs(rows) -> list[tuple[str, str]]:
+    return [(r["problem_id"], r["completion"]) for r in rows]
