@@ -38,17 +38,19 @@ class SharedHead(nn.Module):
     def __init__(self, config, lm_head: nn.Module):
         super().__init__()
         self.norm = DeepseekV3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        object.__setattr__(self, "_lm_head", lm_head)  # shared: not a submodule, so not a second parameter
+        # Shared: not a submodule, so not a second parameter. Named `head` so that the saved copy's name,
+        # shared_head.head.weight, resolves to a module (torch.distributed.checkpoint walks the names under FSDP).
+        object.__setattr__(self, "head", lm_head)
         self._register_state_dict_hook(_save_head_copy)
         self.register_load_state_dict_pre_hook(_drop_head_copy)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._lm_head(self.norm(hidden))
+        return self.head(self.norm(hidden))
 
 
 def _save_head_copy(module, state_dict, prefix, local_metadata):
     # The published layout stores the shared head again under the MTP layer; safetensors refuses shared storage.
-    state_dict[prefix + "head.weight"] = module._lm_head.weight.detach().clone()
+    state_dict[prefix + "head.weight"] = module.head.weight.detach().clone()
 
 
 def _drop_head_copy(module, state_dict, prefix, *args):
@@ -56,7 +58,11 @@ def _drop_head_copy(module, state_dict, prefix, *args):
 
 
 class MTPLayer(DeepseekV3DecoderLayer):
-    """One MTP depth: the decoder block (its forward is the block's) plus enorm, hnorm, eh_proj, shared_head."""
+    """One MTP depth: enorm, hnorm, eh_proj, the decoder block and shared_head, all run by `forward`.
+
+    One call does the whole depth because FSDP shards each decoder layer as a unit (configs/accelerate/fsdp.yaml)
+    and gathers its weights only around `forward`: `combine` or `shared_head` called on their own would meet
+    sharded weights."""
 
     def __init__(self, config, layer_idx: int, lm_head: nn.Module):
         super().__init__(config, layer_idx)
@@ -64,6 +70,11 @@ class MTPLayer(DeepseekV3DecoderLayer):
         self.hnorm = DeepseekV3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.eh_proj = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)
         self.shared_head = SharedHead(config, lm_head)
+
+    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, **block_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next token's embedding, previous depth's hidden state) -> (this depth's hidden state, its logits)."""
+        hidden = super().forward(self.combine(embeds, hidden), **block_kwargs)
+        return hidden, self.shared_head(hidden)
 
     def combine(self, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return self.eh_proj(torch.cat((self.enorm(embeds), self.hnorm(hidden)), dim=-1))
@@ -108,10 +119,15 @@ def _keep_hidden(module, args, output):
     module._mtp_hidden = output.last_hidden_state
 
 
-def mtp_hidden_states(model, input_ids, hidden, attention_mask=None, position_ids=None) -> list[torch.Tensor]:
-    """Each depth's hidden state [B, T, H]: depth k at slot i predicts token i+k+1 (zero-padded past the end)."""
+def mtp_outputs(model, input_ids, hidden=None, attention_mask=None,
+                position_ids=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each depth's (hidden state [B, T, H], logits [B, T, V]): depth k at slot i predicts token i+k+1
+    (zero-padded past the end). `hidden` defaults to the main model's last hidden state from its latest forward
+    on these inputs."""
     model = _base(model)
     inner = model.model
+    if hidden is None:
+        hidden = inner._mtp_hidden
     T = input_ids.shape[1]
     if position_ids is None:
         position_ids = torch.arange(T, device=input_ids.device)[None].expand(input_ids.shape[0], -1)
@@ -122,9 +138,9 @@ def mtp_hidden_states(model, input_ids, hidden, attention_mask=None, position_id
     out = []
     for k, layer in enumerate(mtp_layers(model), 1):
         shifted = F.pad(embeds[:, k:], (0, 0, 0, k))  # slot i <- embedding of token i+k
-        hidden = layer(layer.combine(shifted, hidden), attention_mask=mask, position_ids=position_ids,
-                       position_embeddings=rope)
-        out.append(hidden)
+        hidden, logits = layer(shifted, hidden, attention_mask=mask, position_ids=position_ids,
+                               position_embeddings=rope)
+        out.append((hidden, logits))
     return out
 
 
@@ -133,16 +149,12 @@ def mtp_loss(model, input_ids, labels=None, attention_mask=None, hidden=None) ->
 
     `hidden` defaults to the main model's last hidden state from its latest forward on these inputs.
     `labels` (-100 = ignore) default to `input_ids` where `attention_mask` is set."""
-    base = _base(model)
-    if hidden is None:
-        hidden = base.model._mtp_hidden
     if labels is None:
         labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
     losses = []
-    for k, (layer, h) in enumerate(zip(mtp_layers(base), mtp_hidden_states(base, input_ids, hidden, attention_mask)), 1):
+    for k, (_, logits) in enumerate(mtp_outputs(model, input_ids, hidden, attention_mask), 1):
         target = F.pad(labels[:, k + 1:], (0, k + 1), value=-100)
-        logits = layer.shared_head(h).float()
-        total = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum")
+        total = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum")
         losses.append(total / (target != -100).sum().clamp(min=1))
     return torch.stack(losses).mean()
 

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from reasoner.model import load_model, model_config, save_checkpoint
-from reasoner.mtp import attach_mtp, mtp_depth, mtp_hidden_states, mtp_layers, mtp_loss
+from reasoner.mtp import attach_mtp, mtp_depth, mtp_layers, mtp_loss, mtp_outputs
 from reasoner.params import count_parameters
 
 
@@ -64,8 +64,8 @@ def test_mtp_is_causal_and_predicts_two_ahead(tiny_mtp):
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         hidden = model.model(ids).last_hidden_state
-        full = mtp_hidden_states(model, ids, hidden)[0]
-        prefix = mtp_hidden_states(model, ids[:, :4], hidden[:, :4])[0]
+        full = mtp_outputs(model, ids, hidden)[0][0]
+        prefix = mtp_outputs(model, ids[:, :4], hidden[:, :4])[0][0]
     # slot i reads tokens <= i+1: slots 0..2 of the 4-token prefix equal the full sequence's
     torch.testing.assert_close(prefix[:, :3], full[:, :3], atol=1e-5, rtol=1e-5)
 

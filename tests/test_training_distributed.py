@@ -7,7 +7,9 @@ and each rank's own expert loads before the all-reduce (which must differ: the r
 
 FSDP2, through the shipped configs/accelerate/fsdp.yaml on 2 processes: each rank holds half of every sharded
 weight, and each stage's final/ and checkpoint-N/ must still be the whole model: loaded in one process it gives the
-logits the sharded model gave. SFT trains LoRA adapters (merged into final/), GRPO every weight."""
+logits the sharded model gave. SFT trains LoRA adapters (merged into final/), GRPO every weight. Both train the MTP
+module too (V3's multi-token prediction, reasoner/mtp.py), whose layer FSDP shards like any decoder layer: the
+whole checkpoints carry it, and it gives the sharded model's MTP logits."""
 from __future__ import annotations
 
 import json
@@ -21,7 +23,8 @@ import torch
 import yaml
 from peft import PeftModel
 
-from reasoner.model import is_checkpoint, load_model
+from reasoner.model import is_checkpoint, load_model, model_config
+from reasoner.mtp import mtp_depth, mtp_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 SFT_STEPS, GRPO_STEPS = 4, 2
@@ -129,6 +132,7 @@ FSDP_RECIPE = {
     "grpo": {**RECIPE["grpo"], "max_steps": FSDP_STEPS["grpo"], "fast_rollout": False},
     # the routers' biases stay put: a LoRA checkpoint-N holds only the adapters, so moved biases would be missing
     "balance": {"gamma": 0.0},
+    "mtp": {"weight": 0.3, "grpo": True},  # SFT attaches and trains the MTP layer, GRPO keeps training it
 }
 PROBE = [[1, 17, 5, 23, 9, 41, 2, 30]]  # token ids the logits are compared on
 
@@ -139,6 +143,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 import reasoner.rl.train as training
+from reasoner.mtp import mtp_outputs
 from reasoner.rl.recipe import Recipe
 
 recipe_path, out_dir = sys.argv[1], sys.argv[2]
@@ -175,6 +180,7 @@ def recorded(stage, run):
         model.eval()
         with torch.no_grad():  # every rank: the sharded model all-gathers layer by layer
             logits = model(input_ids=torch.tensor(PROBE)).logits
+            mtp_logits = mtp_outputs(model, torch.tensor(PROBE))[0][1]  # from that forward's hidden state
         record = {"rank": acc.process_index, "distributed_type": str(acc.distributed_type),
                   "fsdp2": acc.is_fsdp2, "backend": acc.state.backend, "global_step": trainer.state.global_step,
                   "sharded": len(sharded), "params": len(params),
@@ -183,6 +189,7 @@ def recorded(stage, run):
             json.dump(record, f)
         if acc.is_main_process:
             torch.save(logits, f"{out_dir}/{stage}-logits.pt")
+            torch.save(mtp_logits, f"{out_dir}/{stage}-mtp-logits.pt")
         return trainer
     return wrapper
 
@@ -192,12 +199,17 @@ training.train(Recipe.load(recipe_path))
 """ % (PROBE,)
 
 
-def probe_logits(source, adapter: Path | None = None) -> torch.Tensor:
+def probe_logits(source, adapter: Path | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The main model's logits on PROBE, and its MTP layer's (None without one)."""
     model, _ = load_model(source)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
+    ids = torch.tensor(PROBE)
     with torch.no_grad():
-        return model.eval()(input_ids=torch.tensor(PROBE)).logits
+        logits = model.eval()(input_ids=ids).logits
+        if not mtp_depth(model):
+            return logits, None
+        return logits, mtp_outputs(model, ids)[0][1]
 
 
 @pytest.mark.slow
@@ -208,7 +220,7 @@ def test_fsdp_checkpoints_are_the_whole_model(tmp_path):
     config_file.write_text(yaml.safe_dump(config))
     run, records = launch(tmp_path, config_file, FSDP_LAUNCHER, FSDP_RECIPE)
 
-    fresh = probe_logits("tiny")
+    fresh, _ = probe_logits("tiny")
     for stage, steps in FSDP_STEPS.items():
         rank0, rank1 = (json.loads((records / f"{stage}-rank{r}.json").read_text()) for r in (0, 1))
         assert rank0["distributed_type"].endswith("FSDP") and rank0["fsdp2"] and rank0["backend"] == "gloo"
@@ -219,14 +231,23 @@ def test_fsdp_checkpoints_are_the_whole_model(tmp_path):
         assert rank0["local_numel"] < 0.6 * rank0["numel"]
 
         sharded = torch.load(records / f"{stage}-logits.pt")
+        sharded_mtp = torch.load(records / f"{stage}-mtp-logits.pt")
+        log = json.loads((run / stage / "log_history.json").read_text())
+        assert any("mtp_loss" in entry for entry in log), f"{stage}: no MTP loss logged"
         final, step = run / stage / "final", run / stage / f"checkpoint-{steps}"
         # one process, no torch.distributed; SFT's checkpoint-N holds the LoRA adapters, on top of its start
         loaded = {final: (final, None), step: ("tiny", step) if stage == "sft" else (step, None)}
         for checkpoint, (source, adapter) in loaded.items():
             assert (adapter / "adapter_config.json").is_file() if adapter else is_checkpoint(source)
-            whole = probe_logits(source, adapter)
+            whole, whole_mtp = probe_logits(source, adapter)
             assert whole.shape == sharded.shape
             diff = (whole - sharded).abs().max().item()
             print(f"{stage} {checkpoint.name}: max |logits - sharded model's| = {diff:.3g}")
             assert diff < 1e-5, f"{checkpoint} is not the model that was trained"
+            if adapter:  # LoRA's checkpoint-N: adapters only, on a start without MTP
+                continue
+            assert model_config(checkpoint).num_mtp_layers == 1  # read from model.layers.{N}.*, the published layout
+            mtp_diff = (whole_mtp - sharded_mtp).abs().max().item()
+            print(f"{stage} {checkpoint.name}: max |MTP logits - sharded model's| = {mtp_diff:.3g}")
+            assert mtp_diff < 1e-5, f"{checkpoint}'s MTP layer is not the one that was trained"
         assert (sharded - fresh).abs().max().item() > 1e-3  # and that model did train
