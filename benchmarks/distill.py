@@ -71,6 +71,7 @@ def main() -> None:
     validation = {key: direct(path, problems["validation"], task, out / "validation" / f"{student_name(*key)}.jsonl").value
                   for key, path in students.items()}
     best = max(validation, key=validation.get)
+    teacher_validation = direct(args.teacher, problems["validation"], task, out / "validation" / "teacher.jsonl")
     teacher_test = direct(args.teacher, problems["heldout"], task, out / f"teacher-test{suffix}.jsonl")
     student_test = direct(students[best], problems["heldout"], task, out / f"student-test{suffix}.jsonl")
     method = {"validation": out / "validation" / f"{student_name(*best)}.jsonl", "test": out / f"student-test{suffix}.jsonl"}
@@ -85,6 +86,8 @@ def main() -> None:
                "student_validation": {student_name(*key): v for key, v in validation.items()},
                "student_max_drawn": best[0], "student_learning_rate": best[1], "student_steps": best[2],
                "student": str(students[best]),
+               "teacher_direct_validation": teacher_validation.to_dict(),
+               "student_direct_validation": scored(method["validation"]).to_dict(),
                "n_test": len(problems["heldout"]), "test_seed": args.test_seed,
                "teacher_direct_test": teacher_test.to_dict(), "student_direct_test": student_test.to_dict(),
                "distill_gain_points": round(100 * (student_test.value - teacher_test.value), 1),
@@ -96,11 +99,14 @@ def main() -> None:
           f"{summary['rows_by_max_drawn']} rows, right on train (grader, reported only): "
           f"{summary['label_accuracy_train_by_max_drawn']}")
     print(f"student: {student_name(*best)} (validation direct: {summary['student_validation']})")
+    print(f"validation, greedy, n={len(problems['validation'])}: teacher direct {teacher_validation}, "
+          f"student direct {scored(method['validation'])}")
     print(f"test split, greedy, n={len(problems['heldout'])}: teacher direct {teacher_test}, student direct {student_test}")
     for name, figures in alternatives.items():
         print(f"{name}: {figures['completions_drawn']} completions, {figures['kept_rows']} rows "
               f"({100 * figures['label_accuracy_train']:.1f}% right on train, grader, reported only); "
-              f"{figures['student']} (validation {figures['validation']}); test direct {figures['test_str']}; "
+              f"{figures['student']} (validation {figures['validation']}: {figures['validation_chosen_str']}); "
+              f"test direct {figures['test_str']}; "
               f"method minus {name}: validation {figures['method_minus_this_validation_str']}, "
               f"test {figures['method_minus_this_test_str']}; {name} minus teacher direct on test: "
               f"{figures['this_minus_teacher_test_str']}")
@@ -197,6 +203,7 @@ def alternative(name: str, args, problems: dict, settings: PipelineSettings, kep
     validation = {steps: direct(students[steps], problems["validation"], task, validation_files[steps]).value
                   for steps in students}
     steps = max(validation, key=validation.get)
+    chosen = scored(validation_files[steps])
     test_file = out / f"{name}-student-test{suffix}.jsonl"
     test = direct(students[steps], problems["heldout"], task, test_file)
     teacher_file = out / f"teacher-test{suffix}.jsonl"
@@ -206,6 +213,7 @@ def alternative(name: str, args, problems: dict, settings: PipelineSettings, kep
     return {"teacher": rows.report["teacher"], "completions_drawn": rows.completions, "kept_rows": len(rows.rows),
             "label_accuracy_train": label_accuracy(rows.rows, problems["train"]),
             "validation": {f"steps{k}": v for k, v in validation.items()}, "steps": steps,
+            "validation_chosen": chosen.to_dict(), "validation_chosen_str": str(chosen),
             "student": str(students[steps]), "test": test.to_dict(), "test_str": str(test),
             **{k: v.to_dict() for k, v in paired.items()}, **{f"{k}_str": signed(v) for k, v in paired.items()}}
 
@@ -246,6 +254,10 @@ def difference(first: Path, second: Path) -> Metric:
     a, b = (dict((r["id"], r["pass@1"]) for r in read_rows(path)) for path in (first, second))
     assert a.keys() == b.keys(), f"{first} and {second} scored different problems"
     return bootstrap([a[k] - b[k] for k in a])
+
+
+def scored(path: Path) -> Metric:
+    return bootstrap([r["pass@1"] for r in read_rows(path)])
 
 
 def signed(metric: Metric) -> str:
