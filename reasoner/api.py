@@ -11,6 +11,7 @@ style (compact, or r1), a server behind `from_openai` in the chat style; `prompt
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -111,30 +112,33 @@ class Reasoner:
 
     def solve(self, problem: str | Question, *, task: str | None = None, reference: str | None = None,
               tests: list[str] | str | None = None, entry_point: str | None = None, run_id: str | None = None,
-              progress: Callable[[dict], None] | None = None, **options: Any) -> Solution:
+              progress: Callable[[dict], None] | None = None, cancel: threading.Event | None = None,
+              **options: Any) -> Solution:
         """Solve one problem. `reference`: a known answer to verify against (leave it out when
         measuring); `tests`/`entry_point`: for code (one test may be given as a string; tests imply
-        task='code'); `progress`: called with each progress event. A `Question` (what a task's
-        `Problem.for_solver()` gives) brings its own kind, shown examples and entry point."""
+        task='code'); `progress`: called with each progress event; `cancel`: once set (from any thread),
+        the run starts no new model call and ends with what it has, as at its time budget. A `Question`
+        (what a task's `Problem.for_solver()` gives) brings its own kind, shown examples and entry point."""
         if isinstance(problem, Question):
             problem, task, tests, entry_point = problem.text, problem.kind, list(problem.examples), problem.entry_point
-        task, reference, tests = _check_arguments(task, reference, tests, entry_point, run_id, progress)
+        task, reference, tests = _check_arguments(task, reference, tests, entry_point, run_id, progress, cancel)
         _check_problem(problem, task)
         opts = self.defaults.of(**{**self.defaults.to_dict(), **options})
         inputs = run_input(Question(problem, task, tuple(tests), entry_point), opts, reference)
-        return self._run(inputs, run_id or uuid.uuid4().hex, opts.time_budget, progress)
+        return self._run(inputs, run_id or uuid.uuid4().hex, opts.time_budget, progress, cancel)
 
     def solve_many(self, problems: Iterable[Any], **options: Any) -> list[Solution]:
         """Problems are strings, Questions, or task Problems, of which the solver gets only `for_solver()`:
         the text and the examples it shows, never the answer or the hidden tests."""
         return [self.solve(p if isinstance(p, (str, Question)) else p.for_solver(), **options) for p in problems]
 
-    def resume(self, run_id: str, progress: Callable[[dict], None] | None = None) -> Solution:
+    def resume(self, run_id: str, progress: Callable[[dict], None] | None = None,
+               cancel: threading.Event | None = None) -> Solution:
         """Continue an interrupted run from its last checkpoint (a finished run is just returned)."""
         saved = self._result(run_id)
         if saved is None:
             raise ReasonerError(f"no run {run_id!r} in {self.checkpoint_path}")
-        return self._run(None, run_id, saved.options.time_budget, progress)
+        return self._run(None, run_id, saved.options.time_budget, progress, cancel)
 
     def finished(self, run_id: str, elapsed_s: float = 0.0) -> Solution | None:
         """A finished run's solution, read without running or recording anything; None if it has not finished."""
@@ -174,9 +178,9 @@ class Reasoner:
     def _result(self, run_id: str) -> RunResult | None:
         return read_result(self.graph.get_state(self._config(run_id)).values)
 
-    def _run(self, inputs: dict | None, run_id: str, time_budget: float, progress) -> Solution:
+    def _run(self, inputs: dict | None, run_id: str, time_budget: float, progress, cancel=None) -> Solution:
         config, started = self._config(run_id), time.perf_counter()
-        context = RunContext(self.backend, deadline=time.time() + time_budget)
+        context = RunContext(self.backend, deadline=time.time() + time_budget, cancel=cancel)
         for _, event in self.graph.stream(inputs, config, context=context, stream_mode="custom", subgraphs=True,
                                           durability="sync"):
             if progress:
@@ -199,7 +203,8 @@ class Reasoner:
         self.close()
 
 
-def _check_arguments(task, reference, tests, entry_point, run_id, progress) -> tuple[str, str | None, list[str]]:
+def _check_arguments(task, reference, tests, entry_point, run_id, progress,
+                     cancel=None) -> tuple[str, str | None, list[str]]:
     """Reasoner.solve's arguments, checked before anything runs: (task, reference, tests)."""
     if isinstance(tests, str):
         tests = [tests]  # one test, not a sequence of one-character tests
@@ -230,6 +235,8 @@ def _check_arguments(task, reference, tests, entry_point, run_id, progress) -> t
         raise ReasonerError("run_id is empty")
     if progress is not None and not callable(progress):
         raise ReasonerError(f"progress: expected a function, got {type(progress).__name__}")
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise ReasonerError(f"cancel: expected a threading.Event, got {type(cancel).__name__}")
     return task, reference, tests
 
 

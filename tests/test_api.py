@@ -127,3 +127,26 @@ def test_code_that_never_passes_is_not_verified(tmp_path):
                         traces=tmp_path / "t.db", samples=1, retries=0)
     solution = reasoner.solve(CODE, task="code", tests=TESTS[:1], entry_point="add")
     assert not solution.verified and solution.status == "rejected"
+
+
+def test_a_cancelled_run_asks_nothing_more_and_still_writes_its_trace(tmp_path):
+    cancel = threading.Event()
+
+    def wrong_then_leave(messages, n):  # the caller leaves while the first (failing) attempt is drawn
+        cancel.set()
+        return ["<answer>```python\ndef add(a, b):\n    return a - b\n```</answer>"] * n
+
+    backend = ScriptedBackend(wrong_then_leave)
+    reasoner = Reasoner(backend, checkpoints=tmp_path / "p.db", traces=tmp_path / "t.db", samples=1, retries=5)
+    solution = reasoner.solve(CODE, task="code", tests=TESTS, entry_point="add", cancel=cancel)
+    assert len(backend.calls) == 1  # without cancel: 6 attempts (5 retries)
+    assert not solution.verified and solution.steps[0].attempts == 1
+    with TraceStore.open(tmp_path / "t.db") as store:
+        assert store.get(solution.trace_id).id == solution.trace_id
+
+
+def test_cancel_must_be_an_event(tmp_path):
+    reasoner = Reasoner(ScriptedBackend(lambda m, n: ["<answer>4</answer>"] * n), checkpoints=tmp_path / "p.db",
+                        traces=tmp_path / "t.db")
+    with pytest.raises(ReasonerError, match="cancel: expected a threading.Event"):
+        reasoner.solve("2+2", cancel=True)

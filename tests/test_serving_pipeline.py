@@ -5,12 +5,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
+import httpx
 import openai
 import pytest
 
 from reasoner.serving.backends import LocalBackend
 from reasoner.serving.server import ChatServer
+from reasoner.traces.store import TraceStore
 
 FAST = {"samples": 2, "retries": 1, "max_tokens": 10, "seed": 0}
 PROBLEM = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "12+5"}]
@@ -85,3 +88,35 @@ def test_a_problem_the_pipeline_refuses_gets_its_message_whole_or_streamed(clien
     with pytest.raises(openai.APIError, match="the problem is 60,000 characters; the limit is 50,000"):
         for _ in client.chat.completions.create(model="reasoner-pipeline", messages=long, stream=True):
             pass
+
+
+def test_a_client_that_leaves_a_streamed_run_stops_it(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("REASONER_HOME", str(tmp_path))
+    server = ChatServer(LocalBackend.from_pretrained(tiny_checkpoint), "127.0.0.1", 0, model_name="tiny",
+                        pipeline=True, traces=str(tmp_path / "traces.db"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # The random tiny model never writes a valid plan, so a whole run asks the planner again and again.
+    body = {"model": "reasoner-pipeline", "messages": PROBLEM, "stream": True, "samples": 2, "retries": 10,
+            "max_tokens": 10, "seed": 0}
+    try:
+        with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, timeout=120) as response:
+            assert next(line for line in response.iter_lines() if "plan: asking" in line)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _traces(tmp_path / "traces.db"):
+            time.sleep(0.1)  # the cancelled run winds up and still writes its trace
+        assert _traces(tmp_path / "traces.db") == 1
+        cancelled_calls = server.service.batcher.calls
+        whole = httpx.post(f"{server.base_url}/chat/completions", json={**body, "stream": False}, timeout=120)
+        assert whole.status_code == 200  # its slot was given back
+        whole_calls = server.service.batcher.calls - cancelled_calls
+        assert whole_calls >= 10 and cancelled_calls <= 3, (cancelled_calls, whole_calls)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _traces(path) -> int:
+    if not path.exists():
+        return 0
+    with TraceStore.open(path, read_only=True) as store:
+        return store.count()

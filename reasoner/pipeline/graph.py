@@ -32,6 +32,7 @@ input from a Question and its options, and `read_result` reads a run's output in
 from __future__ import annotations
 
 import operator
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -60,9 +61,15 @@ def merge(left: dict | None, right: dict | None) -> dict:
 class RunContext:
     backend: Backend
     deadline: float  # time.time() after which no new retries or steps start
+    cancel: threading.Event | None = None  # set by the caller (e.g. a client that went away): spent at once
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
     def remaining(self) -> float:
-        return self.deadline - time.time()
+        """Seconds left; none once cancelled, so the run winds up as at its deadline: no new model calls,
+        the answer from what it has, one complete trace."""
+        return 0.0 if self.cancelled() else self.deadline - time.time()
 
 
 class RunInput(SchemaDict):
@@ -190,7 +197,7 @@ def _options(state) -> SolveOptions:
 def _ask(runtime: Runtime[RunContext], messages: list[dict], n: int, sampling) -> list[Generation]:
     remaining = runtime.context.remaining()
     if remaining <= 0:
-        raise BackendError("the time budget is spent")
+        raise BackendError("the run was cancelled" if runtime.context.cancelled() else "the time budget is spent")
     return runtime.context.backend.generate(messages, n, sampling, timeout=remaining)
 
 
@@ -372,7 +379,8 @@ def finish(state: StepState, runtime: Runtime[RunContext]) -> dict:
     chosen = state["chosen"]
     events = []
     if chosen["status"] == "failed" and state["attempt"] < _options(state).retries:
-        events.append(f"step {state['step_id']}: time budget spent, retries stopped")
+        why = "the run was cancelled" if runtime.context.cancelled() else "time budget spent"
+        events.append(f"step {state['step_id']}: {why}, retries stopped")
     error = None if chosen["answer"] is not None else _last_error(state)
     result = {"question": state["question"], "answer": chosen["answer"], "status": chosen["status"],
               "verified": chosen["status"] == "verified", "attempts": state["attempt"] + 1, "error": error}

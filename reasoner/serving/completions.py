@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -137,17 +138,22 @@ class PipelineCompletion:
     def __init__(self, pipeline: PipelineModel, pool: ThreadPoolExecutor, chat: ChatRequest, slot: Slot):
         self.pipeline, self.chat = pipeline, chat
         self.events = Events(slot)
+        self.cancel = threading.Event()  # the client went away: the run stops asking the model
         self.events.loop.run_in_executor(pool, self._solve)
 
     def _solve(self) -> None:
         try:
-            solution = self.pipeline.solve(self.chat, lambda event: self.events.notify("progress", event))
+            solution = self.pipeline.solve(self.chat, lambda event: self.events.notify("progress", event),
+                                           self.cancel)
             self.events.notify("solved", (solution, self.pipeline.trace_text(solution.trace_id)))
         except Exception as err:
             self.events.notify("error", err)
 
     async def whole(self) -> ChatResponse:
-        kind, payload = await self.events.final()
+        try:
+            kind, payload = await self.events.final()
+        finally:
+            self.cancel.set()  # done already, or the client left (the server cancels this coroutine)
         if kind == "error":
             raise payload
         solution, trace = payload
@@ -158,21 +164,24 @@ class PipelineCompletion:
 
     async def stream(self) -> AsyncIterator[str]:
         chunks = Chunks(self.chat.model)
-        yield chunks.sse([ChunkChoice(index=0, delta=Delta(role="assistant"))])
-        while True:
-            kind, payload = await self.events.queue.get()
-            if kind == "progress":
-                yield chunks.sse([_delta(0, progress_line(payload), "")])
-            elif kind == "solved":
-                solution, trace = payload
-                yield chunks.sse([_delta(0, "\n" + trace, solution.answer or "")])
-                yield chunks.sse([ChunkChoice(index=0, delta=Delta(), finish_reason="stop")],
-                                 trace_id=solution.trace_id, solution=_summary(solution))
-                break
-            else:
-                yield sse_error(payload)
-                break
-        yield "data: [DONE]\n\n"
+        try:
+            yield chunks.sse([ChunkChoice(index=0, delta=Delta(role="assistant"))])
+            while True:
+                kind, payload = await self.events.queue.get()
+                if kind == "progress":
+                    yield chunks.sse([_delta(0, progress_line(payload), "")])
+                elif kind == "solved":
+                    solution, trace = payload
+                    yield chunks.sse([_delta(0, "\n" + trace, solution.answer or "")])
+                    yield chunks.sse([ChunkChoice(index=0, delta=Delta(), finish_reason="stop")],
+                                     trace_id=solution.trace_id, solution=_summary(solution))
+                    break
+                else:
+                    yield sse_error(payload)
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            self.cancel.set()  # a client that went away stops the run at its next model call
 
 
 def _summary(solution) -> dict:

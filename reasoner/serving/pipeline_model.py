@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import io
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -30,12 +31,15 @@ class PipelineModel:
         self.traces = Path(traces) if traces else default_store_path()
         self.checkpoints = checkpoints
 
-    def solve(self, request: ChatRequest, progress: Callable[[dict], None] | None = None) -> Solution:
-        """One run (a fresh Reasoner per request: runs in parallel threads share no SQLite connection)."""
+    def solve(self, request: ChatRequest, progress: Callable[[dict], None] | None = None,
+              cancel: threading.Event | None = None) -> Solution:
+        """One run (a fresh Reasoner per request: runs in parallel threads share no SQLite connection);
+        `cancel` set: it starts no new model call and ends with what it has (its trace is still written)."""
         problem = last_user_message(request.plain_messages())
         with Reasoner(self.backend, checkpoints=self.checkpoints, traces=self.traces,
                       prompt_style=self.prompt_style) as reasoner:
-            return reasoner.solve(problem, task=request.task, progress=progress, **solve_options(request))
+            return reasoner.solve(problem, task=request.task, progress=progress, cancel=cancel,
+                                  **solve_options(request))
 
     def trace_text(self, trace_id: str) -> str:
         with TraceStore.open(self.traces, create=False) as store:
