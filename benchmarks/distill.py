@@ -108,8 +108,8 @@ def main() -> None:
               f"{figures['student']} (validation {figures['validation']}: {figures['validation_chosen_str']}); "
               f"test direct {figures['test_str']}; "
               f"method minus {name}: validation {figures['method_minus_this_validation_str']}, "
-              f"test {figures['method_minus_this_test_str']}; {name} minus teacher direct on test: "
-              f"{figures['this_minus_teacher_test_str']}")
+              f"test {figures['method_minus_this_test_str']}; {name} minus teacher direct: validation "
+              f"{figures['this_minus_teacher_validation_str']}, test {figures['this_minus_teacher_test_str']}")
     print(f"distill_gain={summary['distill_gain_points']}")
 
 
@@ -209,6 +209,7 @@ def alternative(name: str, args, problems: dict, settings: PipelineSettings, kep
     teacher_file = out / f"teacher-test{suffix}.jsonl"
     paired = {"method_minus_this_validation": difference(method["validation"], validation_files[steps]),
               "method_minus_this_test": difference(method["test"], test_file),
+              "this_minus_teacher_validation": difference(validation_files[steps], out / "validation" / "teacher.jsonl"),
               "this_minus_teacher_test": difference(test_file, teacher_file)}
     return {"teacher": rows.report["teacher"], "completions_drawn": rows.completions, "kept_rows": len(rows.rows),
             "label_accuracy_train": label_accuracy(rows.rows, problems["train"]),
