@@ -2,22 +2,26 @@
 
 `generate(model, tokenizer, prompt_ids, sampling)` decides how: the absorbed-MLA rollout engine
 (reasoner.rollout) for a DeepseekV3ForCausalLM, transformers' `generate` for anything else (a PEFT wrapper,
-another architecture). Both honour `sampling.stop` and a timeout, and report why each completion ended.
-`sample(...)` is the text-in, text-out form evaluation and the demo use.
+another architecture). Both honour `sampling.stop` and a timeout, report why each completion ended, and can
+tell a listener each step's new tokens (`on_tokens`: the server streams them). `sample(...)` is the text-in,
+text-out form evaluation and the demo use.
 """
 from __future__ import annotations
 
 import threading
 import weakref
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from transformers import DeepseekV3ForCausalLM
+from transformers.generation.streamers import BaseStreamer
 
 from reasoner.progress import progress
 from reasoner.rollout import RolloutEngine
 from reasoner.sampling import Sampling
 
+OnTokens = Callable[[list[int], list[int]], None]  # (rows, each row's new token) after a decoding step
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _LOCKS_LOCK = threading.Lock()
@@ -43,14 +47,15 @@ def engine_for(model, tokenizer):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], sampling: Sampling, num_samples: int = 1,
-             timeout: float | None = None) -> list[Output]:
+             timeout: float | None = None, on_tokens: OnTokens | None = None) -> list[Output]:
     """num_samples completions per prompt, prompt-major. `timeout` (seconds) ends decoding early ("length").
+    on_tokens(rows, tokens) hears each step's new tokens (rows index the returned list; a row's EOS is its last).
     Thread-safe: calls on one model take turns (the engine has one cache)."""
     with _lock_for(model):
         engine = engine_for(model, tokenizer)
         if engine is not None:
-            return _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout)
-        return _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout)
+            return _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout, on_tokens)
+        return _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout, on_tokens)
 
 
 def _lock_for(model) -> threading.Lock:
@@ -64,8 +69,8 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:min(ends)], True) if ends else (text, False)
 
 
-def _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout) -> list[Output]:
-    done = engine.generate(prompt_ids, sampling, num_samples=num_samples, max_time=timeout)
+def _engine_generate(engine, tokenizer, prompt_ids, sampling, num_samples, timeout, on_tokens) -> list[Output]:
+    done = engine.generate(prompt_ids, sampling, num_samples=num_samples, max_time=timeout, on_tokens=on_tokens)
     texts = tokenizer.batch_decode([c.token_ids for c in done], skip_special_tokens=True)
     return [_output(c.token_ids, text, c.finish_reason != "length", sampling.stop) for c, text in zip(done, texts)]
 
@@ -75,7 +80,30 @@ def _output(token_ids: list[int], text: str, ended: bool, stop: tuple[str, ...])
     return Output(list(token_ids), text, "stop" if ended or stopped else "length")
 
 
-def _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout) -> list[Output]:
+class _StepStreamer(BaseStreamer):
+    """transformers' streamer hook, batched: each step's tokens to on_tokens, until a row's EOS (generate pads
+    finished rows after it), pad tokens left out as _hf_output leaves them out. The first put is the prompt."""
+
+    def __init__(self, on_tokens: OnTokens, tokenizer):
+        self.on_tokens, self.prompt_seen, self.ended = on_tokens, False, set()
+        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        tokens = value.reshape(-1).tolist()  # [rows]: one new token each
+        kept = [r for r in range(len(tokens)) if r not in self.ended]
+        rows = [r for r in kept if tokens[r] != self.pad or tokens[r] == self.eos]
+        self.ended.update(r for r in rows if tokens[r] == self.eos)
+        if rows:
+            self.on_tokens(rows, [tokens[r] for r in rows])
+
+    def end(self) -> None:
+        pass
+
+
+def _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout, on_tokens) -> list[Output]:
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
     inputs, mask = _left_padded(prompt_ids, tokenizer.pad_token_id, model.device)
@@ -83,6 +111,8 @@ def _hf_generate(model, tokenizer, prompt_ids, sampling, num_samples, timeout) -
                                         "top_k": sampling.top_k or None}
     if sampling.stop:
         extra.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
+    if on_tokens is not None:
+        extra["streamer"] = _StepStreamer(on_tokens, tokenizer)
     out = model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=sampling.max_tokens,
                          do_sample=not sampling.greedy, num_return_sequences=num_samples, max_time=timeout,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **extra)

@@ -7,6 +7,7 @@ import pytest
 from peft import LoraConfig, get_peft_model
 
 from reasoner.generation import engine_for, generate
+from reasoner.mtp import attach_mtp
 from reasoner.sampling import Sampling
 
 
@@ -49,3 +50,25 @@ def test_a_timeout_ends_decoding_early(tiny, wrapped, path, one_thread):
                        timeout=0.2)
     assert time.monotonic() - started < 3 and len(outputs) == 8
     assert any(o.finish_reason == "length" and len(o.token_ids) < 900 for o in outputs)
+
+
+@pytest.mark.parametrize("path", ["engine", "speculative", "generate"])
+def test_each_step_s_tokens_are_heard_as_they_are_sampled(tiny, wrapped, path, one_thread, tmp_path):
+    model, tokenizer = tiny
+    if path == "generate":
+        model = wrapped
+    elif path == "speculative":  # MTP drafts: a step may give a row two tokens
+        model = copy.deepcopy(model)
+        attach_mtp(model, 1)
+    heard: dict[int, list[int]] = {}
+    steps = []
+
+    def listen(rows, tokens):
+        steps.append(len(rows))
+        for row, token in zip(rows, tokens):
+            heard.setdefault(row, []).append(token)
+
+    outputs = generate(model, tokenizer, prompts(tokenizer), Sampling(temperature=0.8, max_tokens=24, seed=1),
+                       num_samples=2, on_tokens=listen)
+    assert len(steps) >= 12 and max(steps) <= 4  # step by step, never more rows than the batch
+    assert [heard[i] for i in range(len(outputs))] == [o.token_ids for o in outputs]

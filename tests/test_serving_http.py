@@ -108,6 +108,18 @@ def test_streamed_chunks_arrive_while_decoding_and_add_up_to_the_whole_completio
                                  for c in whole["choices"]]
 
 
+def test_a_stream_gets_each_token_as_it_is_sampled_not_one_segment_at_a_time(server):
+    body = {"messages": USER, "max_tokens": 12, "temperature": 0}  # 12 tokens: one 16-token segment, one call
+    before = server.service.batcher.calls
+    connection, response = open_stream(server, body)
+    chunks = [event for event in events(response) if event != "[DONE]"]
+    connection.close()
+    assert server.service.batcher.calls == before + 1
+    pieces = [ch["delta"]["content"] for c in chunks for ch in c["choices"] if ch["delta"].get("content")]
+    assert len(pieces) >= 8, pieces  # the character-level tiny model: about one piece per token
+    assert "".join(pieces) == post(server, body)[1]["choices"][0]["message"]["content"]
+
+
 def test_the_openai_client_streams_and_stops_at_a_stop_string(server):
     client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
     whole = client.chat.completions.create(model="tiny", messages=USER, max_tokens=40, temperature=0)

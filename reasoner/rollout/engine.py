@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,7 @@ class _Request:
     ignore_eos: bool
     return_logits: bool
     deadline: float | None  # time.perf_counter() value
+    on_tokens: Callable[[list[int], list[int]], None] | None = None  # (output rows, their new tokens) per step
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
@@ -393,7 +395,8 @@ class RolloutEngine:
     @torch.inference_mode()
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling, num_samples: int = 1,
                  ignore_eos: bool = False, return_logits: bool = False, max_time: float | None = None,
-                 speculative: bool | None = None) -> list[Completion]:
+                 speculative: bool | None = None,
+                 on_tokens: Callable[[list[int], list[int]], None] | None = None) -> list[Completion]:
         """num_samples completions per prompt, prompt-major (p0s0, p0s1, ..., p1s0, ...), each of at most
         sampling.max_tokens tokens, ending at EOS or at one of sampling.stop; seeded by sampling.seed.
 
@@ -404,6 +407,8 @@ class RolloutEngine:
         speculative (default: whenever the model has an MTP module) drafts with MTP and verifies in the same
         forward (reasoner/rollout/speculative.py): greedy output is token for token the same, sampled output
         follows the same distribution; `acceptance_rate` reports the share of drafts accepted.
+        on_tokens(rows, tokens), if given, hears each step's new tokens as they are sampled (rows are indices
+        into the returned list; a speculative step may give a row two): what a server streams.
         """
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt")
@@ -416,7 +421,8 @@ class RolloutEngine:
         request = _Request(
             num_samples, sampling.max_tokens, sampling,
             None if sampling.seed is None else torch.Generator(device=self.device).manual_seed(sampling.seed),
-            sampling.stop, ignore_eos, return_logits, None if max_time is None else time.perf_counter() + max_time)
+            sampling.stop, ignore_eos, return_logits, None if max_time is None else time.perf_counter() + max_time,
+            on_tokens)
         run = functools.partial(generate_chunk_speculative, self) if speculative else self._generate_chunk
         per_chunk = max(1, self.max_batch_size // num_samples)
         return [c for start in range(0, len(prompt_ids), per_chunk)
@@ -430,8 +436,7 @@ class RolloutEngine:
         self._reserve(len(prompts) * G, P + request.max_new)
         hidden = self.prefill(ids, pad, G)  # [Np, P, hidden]
         logits = self._head(hidden[:, -1]).repeat_interleave(G, dim=0)  # [B, vocab]
-        out = Output(self, len(logits), request.max_new, request.stop_strings, request.ignore_eos,
-                     request.return_logits)
+        out = Output(self, len(logits), request, first_row=first_index * G)
         self._decode(logits, pad.repeat_interleave(G), P, out, request)
         return out.completions(prompts, G, first_index)
 

@@ -53,18 +53,20 @@ class Output:
     """Emitted tokens per output row. The decoding batch holds `rows` (batch row -> output row), fewer after
     compaction; a row is done at EOS, at a stop string or after max_new tokens."""
 
-    def __init__(self, engine, batch: int, max_new: int, stop_strings=(), ignore_eos: bool = False,
-                 return_logits: bool = False):
-        dev = engine.device
+    def __init__(self, engine, batch: int, request, first_row: int = 0):
+        """request: the engine's _Request (max_new, stop_strings, ignore_eos, return_logits, on_tokens);
+        first_row: this chunk's first output row among the whole call's (what on_tokens is told)."""
+        dev, max_new = engine.device, request.max_new
         self.tokenizer, self.max_new = engine.tokenizer, max_new
+        self.on_tokens, self.first_row = request.on_tokens, first_row
         self.tok = torch.full((batch, max_new), engine.pad_token_id, dtype=torch.long, device=dev)
         self.lp = torch.zeros(batch, max_new, dtype=torch.float32, device=dev)
         self.count = torch.zeros(batch, dtype=torch.long, device=dev)
         self.done = torch.zeros(batch, dtype=torch.bool, device=dev)
         self.reason = ["length"] * batch
-        self.eos = None if ignore_eos else torch.tensor(engine.eos_token_ids or [-1], device=dev)
-        self.stop = StopChecker(engine.tokenizer, stop_strings, batch) if stop_strings else None
-        self.logits = [[] for _ in range(batch)] if return_logits else None
+        self.eos = None if request.ignore_eos else torch.tensor(engine.eos_token_ids or [-1], device=dev)
+        self.stop = StopChecker(engine.tokenizer, request.stop_strings, batch) if request.stop_strings else None
+        self.logits = [[] for _ in range(batch)] if request.return_logits else None
         self.rows = torch.arange(batch, device=dev)
 
     def active(self) -> torch.Tensor:
@@ -85,6 +87,8 @@ class Output:
         if self.logits is not None:
             for r, row_logits in zip(rows.tolist(), logits[take]):
                 self.logits[r].append(row_logits)
+        if self.on_tokens is not None:
+            self.on_tokens((rows + self.first_row).tolist(), tok.tolist())
         if self.eos is not None:
             self._finish(rows[torch.isin(tok, self.eos)].tolist(), "eos")
         if self.stop is not None:

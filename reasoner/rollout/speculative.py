@@ -30,8 +30,7 @@ def generate_chunk_speculative(engine, prompts: list[list[int]], first_index: in
     hidden = engine.prefill(ids, pad, G)  # [Np, P, hidden], final-normed
     _mtp_prefill(engine, ids, hidden, pad, G)
     logits = engine._head(hidden[:, -1]).repeat_interleave(G, dim=0)  # [B, vocab]
-    out = Output(engine, len(logits), request.max_new, request.stop_strings, request.ignore_eos,
-                 request.return_logits)
+    out = Output(engine, len(logits), request, first_row=first_index * G)
     tok, lp = sample(logits, request.params, request.generator)
     out.emit(tok, lp, logits)
     state = _State(n=torch.full_like(tok, P), last=tok, prev=ids[:, P - 1].repeat_interleave(G),

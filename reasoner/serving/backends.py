@@ -74,13 +74,13 @@ class LocalBackend(Backend):
         return prompt, self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def generate_ids(self, prompt_ids: list[list[int]], sampling: Sampling, n: int = 1,
-                     timeout: float | None = None) -> list[Output]:
-        """n completions per prompt, prompt-major."""
+                     timeout: float | None = None, on_tokens=None) -> list[Output]:
+        """n completions per prompt, prompt-major; on_tokens(rows, tokens) hears each decoding step."""
         # Here, not at the top: torch + transformers take 3-14 s to import, and the OpenAI and scripted backends
         # (solve/eval --base-url, the graph and its tests, which import this module) never need them.
         from reasoner import generation
 
-        return generation.generate(self.model, self.tokenizer, prompt_ids, sampling, n, timeout)
+        return generation.generate(self.model, self.tokenizer, prompt_ids, sampling, n, timeout, on_tokens)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -5,8 +5,9 @@ One worker thread owns the model. When a request arrives it waits `window` secon
 `LocalBackend.generate_ids` call over the unfinished rows of a group: rows that may share a call are greedy ones,
 or sampled ones with the same settings and no seed; a seeded sampled request runs alone, so its text does not
 depend on what else was running. Between segments finished and cancelled requests leave, waiting ones join,
-and every request is told its new text (the server streams it). A segment resumes from the prompt plus the
-tokens so far, so a streamed completion and a whole one are the same text at the same seed.
+and every request is told its new text. A streamed request is also told within a segment, at each token the
+model samples. A segment resumes from the prompt plus the tokens so far, so a streamed completion and a whole
+one are the same text at the same seed.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Row:
     text: str = ""
     finish_reason: str | None = None
     sent: int = 0  # characters of text already told to the caller
+    pending: list[int] = field(default_factory=list)  # this segment's tokens so far (streamed requests)
 
 
 class Job:
@@ -47,9 +49,9 @@ class Job:
     _ids = itertools.count()
 
     def __init__(self, prompt_ids: list[int], n: int, sampling: Sampling, deadline: float | None,
-                 notify: Callable[[str, object], None]):
+                 notify: Callable[[str, object], None], stream: bool = False):
         self.rows = [Row(list(prompt_ids)) for _ in range(n)]
-        self.sampling, self.deadline, self.notify = sampling, deadline, notify
+        self.sampling, self.deadline, self.notify, self.stream = sampling, deadline, notify, stream
         self.cancelled = False
         self.segments = 0
         self.id = next(self._ids)
@@ -166,11 +168,34 @@ class Batcher:
         deadlines = [job.deadline for job in jobs if job.deadline is not None]
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         self.calls += 1
-        return self.backend.generate_ids([row.prompt_ids + row.tokens for _, row in live], sampling, 1, timeout)
+        on_tokens = (lambda rows, tokens: self._stream(live, rows, tokens)) \
+            if any(job.stream for job in jobs) else None
+        return self.backend.generate_ids([row.prompt_ids + row.tokens for _, row in live], sampling, 1, timeout,
+                                         on_tokens)
+
+    def _stream(self, live, rows: list[int], tokens: list[int]) -> None:
+        """Within a segment: each streamed request hears the text its rows' new tokens add."""
+        touched = {}
+        for i, token in zip(rows, tokens):
+            job, row = live[i]
+            if job.stream:
+                row.pending.append(token)
+                touched[job.id] = job
+        for job in touched.values():
+            deltas = [(i, text) for i, row in enumerate(job.rows)
+                      if (text := _new_text(job, row, self._text(job, row)))]
+            if deltas:
+                _tell(job, "delta", deltas)
+
+    def _text(self, job: Job, row: Row) -> str:
+        """The row's text with this segment's tokens so far, within its budget, before any stop string."""
+        tokens = (row.tokens + row.pending)[:job.sampling.max_tokens]
+        return cut_at_stop(self.backend.decode(tokens), job.sampling.stop)[0]
 
     def _advance(self, job: Job, row: Row, output: Output) -> None:
         left = job.sampling.max_tokens - len(row.tokens)
         row.tokens += output.token_ids[:left]
+        row.pending = []
         row.text, stopped = cut_at_stop(self.backend.decode(row.tokens), job.sampling.stop)
         ended = output.finish_reason == "stop" and len(output.token_ids) <= left  # EOS within its budget
         if stopped or ended:
@@ -186,10 +211,10 @@ class Batcher:
             _tell(job, "done", job.rows)
 
 
-def _new_text(job: Job, row: Row) -> str:
-    """Text not yet told; an unfinished row keeps back what could still become a stop string or a whole
-    character (a byte-level token may end mid-character)."""
-    visible = row.text
+def _new_text(job: Job, row: Row, text: str | None = None) -> str:
+    """Text not yet told (of `text`, default the row's text at the last segment's end); an unfinished row keeps
+    back what could still become a stop string or a whole character (a byte-level token may end mid-character)."""
+    visible = row.text if text is None else text
     if not row.finish_reason:
         hold = max((len(s) - 1 for s in job.sampling.stop), default=0)
         visible = visible[:len(visible) - hold].rstrip("\ufffd")

@@ -56,7 +56,7 @@ class ModelCompletion:
                  deadline: float, slot: Slot):
         self.chat, self.model, self.prompt_tokens = chat, model, len(prompt_ids)
         self.events = Events(slot)
-        self.job = batcher.submit(Job(prompt_ids, chat.n, sampling, deadline, self.events.notify))
+        self.job = batcher.submit(Job(prompt_ids, chat.n, sampling, deadline, self.events.notify, chat.stream))
 
     async def whole(self) -> ChatResponse:
         try:
