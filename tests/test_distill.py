@@ -223,3 +223,17 @@ def test_majority_vote_teacher_never_reads_gold_and_resumes_like_the_others(teac
 
 def _pairs(rows) -> list[tuple[str, str]]:
     return [(r["problem_id"], r["completion"]) for r in rows]
+
+
+def test_the_cli_takes_a_majority_teacher_and_refuses_it_with_a_url(teacher_checkpoint, tmp_path, capsys):
+    out = tmp_path / "majority"
+    assert main(["distill", "--teacher", str(teacher_checkpoint), "--teacher-majority", "--task", "arithmetic",
+                 "--level", "1", "--n", "4", "--samples", "3", "--max-new-tokens", "24",
+                 "--student", str(teacher_checkpoint), "--output", str(out), "--no-train", "--threads", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["teacher"].startswith("majority(") and report["problems"] == 4
+    assert all(row["kept_by"] == "majority" for row in read_rows(out / "dataset.jsonl"))
+    capsys.readouterr()
+    assert main(["distill", "--teacher", "http://127.0.0.1:9/v1", "--teacher-majority", "--task", "arithmetic",
+                 "--student", "tiny", "--output", str(tmp_path / "url"), "--no-train"]) == 2
+    assert "--teacher-majority takes a local checkpoint" in capsys.readouterr().err

@@ -12,7 +12,8 @@ def add_parser(subparsers):
                     "URL (vLLM, SGLang, `reasoner serve`; reasoning in `reasoning_content` is kept in <think>), or,\n"
                     "with --teacher-pipeline, the solving pipeline with its honest verifiers. A model teacher's\n"
                     "samples are kept when the grader passes them (train split: gold answers allowed, as in R1);\n"
-                    "the pipeline's answers when its own verdict is verified or unverified (never a gold answer).\n"
+                    "the pipeline's answers when its own verdict is verified or unverified (never a gold answer);\n"
+                    "with --teacher-majority, a local checkpoint's most common answer over K samples (no gold).\n"
                     "Kept samples are deduplicated, filtered by length and format, stored as traces (source\n"
                     "distill) and written to DIR/dataset.jsonl with their trace ids; the student is then SFT'd on\n"
                     "them into DIR/student/final, with lineage.json beside config.json.",
@@ -32,6 +33,9 @@ def add_parser(subparsers):
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--teacher-pipeline", action="store_true",
                         help="the teacher solves through the pipeline (plans, votes, retries, honest checks)")
+    parser.add_argument("--teacher-majority", action="store_true",
+                        help="keep a local teacher's majority answer over K samples per problem (self-consistency: "
+                             "no gold read; a wrong majority is kept too)")
     parser.add_argument("--level", type=int, default=None, help="task level (default: all levels mixed)")
     parser.add_argument("--n", type=int, default=1000, help="train problems (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=4, metavar="K",
@@ -102,12 +106,14 @@ def _teacher(args, task, out, api_key):
     from reasoner.api import Reasoner
     from reasoner.errors import ReasonerError
     from reasoner.model import is_checkpoint
-    from reasoner.rl.distill import CheckpointTeacher, HTTPTeacher, PipelineTeacher
+    from reasoner.rl.distill import CheckpointTeacher, HTTPTeacher, MajorityVoteTeacher, PipelineTeacher
     from reasoner.sampling import Sampling
 
     url = args.teacher.startswith(("http://", "https://"))
     if not url and not is_checkpoint(args.teacher):
         raise ReasonerError(f"--teacher {args.teacher}: neither a checkpoint directory nor an http(s) URL")
+    if args.teacher_majority and (url or args.teacher_pipeline):
+        raise ReasonerError("--teacher-majority takes a local checkpoint teacher (not a URL, not --teacher-pipeline)")
     max_tokens = args.max_new_tokens or getattr(task, "max_new_tokens", 96)
     model_name = _served_model(args, api_key) if url else None
     if args.teacher_pipeline:
@@ -122,6 +128,8 @@ def _teacher(args, task, out, api_key):
     if url:
         return HTTPTeacher(args.teacher, model_name, args.samples, sampling, api_key=api_key, timeout=args.timeout,
                            attempts=args.attempts, backoff_s=args.backoff)
+    if args.teacher_majority:
+        return MajorityVoteTeacher(args.teacher, args.samples, sampling, _prompt_style(task))
     return CheckpointTeacher(args.teacher, args.samples, sampling, _prompt_style(task))
 
 
