@@ -40,10 +40,17 @@ class Events:
         self.queue.put_nowait((kind, payload))
 
     async def final(self):
-        while True:
-            kind, payload = await self.queue.get()
+        async for kind, payload in self.until_final():
             if kind in FINAL:
                 return kind, payload
+
+    async def until_final(self):
+        """(kind, payload) as they come, the final one last."""
+        while True:
+            kind, payload = await self.queue.get()
+            yield kind, payload
+            if kind in FINAL:
+                return
 
 
 # ---------------------------------------------------------------- the model
@@ -74,8 +81,7 @@ class ModelCompletion:
         parsers = [ReasoningStream() for _ in range(self.chat.n)]
         try:
             yield chunks.sse([ChunkChoice(index=i, delta=Delta(role="assistant")) for i in range(self.chat.n)])
-            while True:
-                kind, payload = await self.events.queue.get()
+            async for kind, payload in self.events.until_final():
                 if kind == "delta":
                     yield chunks.sse([_delta(i, *parsers[i].feed(text)) for i, text in payload])
                 elif kind == "done":
@@ -84,10 +90,8 @@ class ModelCompletion:
                                       for i, row in enumerate(payload)])
                     if self.chat.include_usage:
                         yield chunks.sse([], usage=self._usage(payload))
-                    break
                 else:
                     yield sse_error(payload)
-                    break
             yield "data: [DONE]\n\n"
         finally:
             self.job.cancel()  # a client that went away frees its rows at the next segment
@@ -166,8 +170,7 @@ class PipelineCompletion:
         chunks = Chunks(self.chat.model)
         try:
             yield chunks.sse([ChunkChoice(index=0, delta=Delta(role="assistant"))])
-            while True:
-                kind, payload = await self.events.queue.get()
+            async for kind, payload in self.events.until_final():
                 if kind == "progress":
                     yield chunks.sse([_delta(0, progress_line(payload), "")])
                 elif kind == "solved":
@@ -175,10 +178,8 @@ class PipelineCompletion:
                     yield chunks.sse([_delta(0, "\n" + trace, solution.answer or "")])
                     yield chunks.sse([ChunkChoice(index=0, delta=Delta(), finish_reason="stop")],
                                      trace_id=solution.trace_id, solution=_summary(solution))
-                    break
                 else:
                     yield sse_error(payload)
-                    break
             yield "data: [DONE]\n\n"
         finally:
             self.cancel.set()  # a client that went away stops the run at its next model call
