@@ -444,136 +444,178 @@ def sharding_of(accelerate: dict[str, Any], gpus: int) -> tuple[str, bool, bool]
     raise ReasonerError(f"accelerate distributed_type {kind!r}: the planner knows NO, MULTI_GPU, FSDP and DEEPSPEED")
 
 
+@dataclass
+class Findings:
+    problems: list[str] = field(default_factory=list)   # a real run would stop on these
+    checks: list[str] = field(default_factory=list)     # what was checked
+    launch: list[str] = field(default_factory=list)     # needed on the GPU machine, not checkable here
+
+
 def dry_run(recipe, gpus: int | None = None, gpu: str | None = None, accelerate_config: str | None = None,
             mfu: float | None = None) -> DryRun:
     """Validate `recipe` as `reasoner train` would, without weights, and plan it per GPU."""
-
-    problems, checks, launch = [], [], []
-    p = recipe.parallel
-    gpus, gpu = gpus or p.gpus, (gpu or p.gpu).lower()
-    mfu = mfu or p.mfu
+    found, p = Findings(), recipe.parallel
+    gpus, gpu, mfu = gpus or p.gpus, (gpu or p.gpu).lower(), mfu or p.mfu
     if gpu not in GPUS:
         raise ReasonerError(f"--gpu {gpu}: known GPUs are {', '.join(GPUS)}")
     accel_path, accelerate = read_accelerate(accelerate_config or p.accelerate_config)
+    sharding, offload_optimizer, offload_params = _sharding(accel_path, accelerate, gpus, found)
+    config, shape, model, dtype = _model(recipe.model)
+    found.checks.append(f"model {recipe.model}: {human(shape.total)} parameters, {human(shape.active)} activated "
+                        f"per token, {dtype}")
+    trainable, lora_alt = _trainable(recipe, shape, model, found)
+    sequences, micro = _grpo_stage(recipe, config, sharding, accel_path, accelerate, found)
+    rollout = _rollout(recipe, gpus, sharding, found)
+    loaded = _train_data(recipe, found)
+    if gpus > 1 and not accel_path:
+        found.launch.append(f"{gpus} GPUs without --accelerate-config: planned as DDP (configs/accelerate/ddp.yaml)")
+    if not _cuda():
+        found.launch.append("a CUDA machine (this one has no GPU: nothing here was run on one)")
+    g = recipe.grpo
+    setup = Setup(sharding=sharding, gpus=gpus, gpu=gpu, mfu=mfu, trainable=trainable, lora=recipe.lora.enabled,
+                  reference=g.beta > 0 and not recipe.lora.enabled, sequences=sequences, micro=micro,
+                  prompt=_prompt_length(recipe, loaded, found), completion=g.max_completion_length,
+                  checkpointing=g.gradient_checkpointing, rollout=rollout,
+                  vllm_share=g.vllm_gpu_memory_utilization, vllm_tp=g.vllm_tensor_parallel_size,
+                  offload_optimizer=offload_optimizer, offload_params=offload_params)
+    plan = make_plan(shape, setup)
+    return DryRun(recipe.name, shape, setup, plan, found.problems, found.checks, found.launch,
+                  [] if plan.fits else fixes(shape, setup, lora_alt))
+
+
+def _sharding(accel_path, accelerate: dict, gpus: int, found: Findings) -> tuple[str, bool, bool]:
     sharding, offload_optimizer, offload_params = sharding_of(accelerate, gpus)
     if sharding == "single" and gpus > 1:
         sharding = "ddp"
     if accel_path:
-        checks.append(f"accelerate config {accel_path}: {accelerate.get('distributed_type')}"
-                      + (f" (its num_processes {accelerate.get('num_processes')} -> launch with --num_processes {gpus})"
-                         if accelerate.get("num_processes") not in (None, gpus) else ""))
+        relaunch = (f" (its num_processes {accelerate.get('num_processes')} -> launch with --num_processes {gpus})"
+                    if accelerate.get("num_processes") not in (None, gpus) else "")
+        found.checks.append(f"accelerate config {accel_path}: {accelerate.get('distributed_type')}{relaunch}")
+    return sharding, offload_optimizer, offload_params
 
-    # The model, as the run would build it (on the meta device).
-    source = recipe.model
+
+def _model(source: str):
+    """(config, Shape, meta model, dtype name): the model as the run would build it, on the meta device."""
     config = model_config(source)
-    dtype = _dtype_of(source, config, is_checkpoint, ModelSpec)
     model = meta_model(config)
-    shape = shape_of(config, model, {"float32": 4, "bfloat16": 2, "float16": 2}[dtype])
+    dtype = _dtype_of(source, config, is_checkpoint, ModelSpec)
+    return config, shape_of(config, model, {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]), model, dtype
 
-    checks.append(f"model {source}: {human(shape.total)} parameters, {human(shape.active)} activated per token, {dtype}")
+
+def _trainable(recipe, shape: Shape, model, found: Findings) -> tuple[int, int]:
+    """(trainable parameters, what LoRA with the default targets would train: a fix to offer)."""
     default_targets = ["q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
     lora_alt = shape.lora_parameters(recipe.lora.r, default_targets, model)
-    if recipe.lora.enabled:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            peft_model = with_lora(model, recipe.lora)      # raises on targets the model lacks, as a run would
-        trainable = sum(t.numel() for t in peft_model.parameters() if t.requires_grad)
-        checks.append(f"LoRA r={recipe.lora.r} on {', '.join(recipe.lora.target_modules)}: {trainable / 1e6:.1f}M trainable (peft, meta device)")
-    else:
-        trainable = shape.total
+    if not recipe.lora.enabled:
+        return shape.total, lora_alt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = with_lora(model, recipe.lora)      # raises on targets the model lacks, as a run would
+    trainable = sum(t.numel() for t in peft_model.parameters() if t.requires_grad)
+    found.checks.append(f"LoRA r={recipe.lora.r} on {', '.join(recipe.lora.target_modules)}: "
+                        f"{trainable / 1e6:.1f}M trainable (peft, meta device)")
+    return trainable, lora_alt
 
-    # The stage the recipe runs: GRPO (the SFT stage is planned only when GRPO is off).
+
+def _grpo_stage(recipe, config, sharding: str, accel_path, accelerate: dict, found: Findings) -> tuple[int, int]:
+    """The stage the recipe runs: GRPO (the SFT stage is planned only when GRPO is off). (sequences, micro)."""
     g = recipe.grpo
     if not g.enabled:
         raise ReasonerError("the dry run plans the GRPO stage; this recipe has grpo.enabled: false")
     unknown = sorted(set(g.rewards) - set(REWARD_NAMES))
     if unknown:
-        problems.append(f"grpo.rewards: unknown {unknown}; known: {', '.join(REWARD_NAMES)}")
+        found.problems.append(f"grpo.rewards: unknown {unknown}; known: {', '.join(REWARD_NAMES)}")
     else:
         build_rewards(g.rewards, g.max_completion_length, g.overlong_buffer)
     if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
-        problems.append(f"grpo.reward_weights has {len(g.reward_weights)} entries for {len(g.rewards)} rewards")
+        found.problems.append(f"grpo.reward_weights has {len(g.reward_weights)} entries for {len(g.rewards)} rewards")
     sequences = g.prompts_per_step * g.num_generations
     micro = g.micro_batch_size or sequences
     with tempfile.TemporaryDirectory() as scratch:
         try:
             config_args = grpo_config(recipe, Path(scratch), use_cpu=True)
-            checks.append(f"TRL GRPOConfig: {config_args.per_device_train_batch_size} sequences per micro-batch x "
-                          f"{config_args.gradient_accumulation_steps} accumulation steps, G={g.num_generations}")
+            found.checks.append(f"TRL GRPOConfig: {config_args.per_device_train_batch_size} sequences per "
+                                f"micro-batch x {config_args.gradient_accumulation_steps} accumulation steps, "
+                                f"G={g.num_generations}")
         except (ValueError, ReasonerError) as err:
-            problems.append(f"TRL GRPOConfig rejects the recipe: {err}")
-    accumulate = sequences // micro if sequences % micro == 0 else 1
+            found.problems.append(f"TRL GRPOConfig rejects the recipe: {err}")
     if sharding == "zero3":
-        ds = accelerate.get("deepspeed_config", {})
-        if ds.get("gradient_accumulation_steps", accumulate) not in (accumulate, "auto"):
-            problems.append(f"{accel_path}: deepspeed gradient_accumulation_steps={ds['gradient_accumulation_steps']} but "
-                            f"the recipe accumulates {accumulate} micro-batches per step: set it to {accumulate} (or auto)")
-        if importlib.util.find_spec("deepspeed") is None:
-            launch.append("pip install deepspeed (ZeRO-3)")
-    length = p.prompt_length + g.max_completion_length
+        _check_zero3(accel_path, accelerate, sequences // micro if sequences % micro == 0 else 1, found)
+    length = recipe.parallel.prompt_length + g.max_completion_length
     if length > config.max_position_embeddings:
-        problems.append(f"prompt ({p.prompt_length}) + completion ({g.max_completion_length}) tokens exceed the model's "
-                        f"max_position_embeddings ({config.max_position_embeddings})")
+        found.problems.append(f"prompt ({recipe.parallel.prompt_length}) + completion ({g.max_completion_length}) "
+                              f"tokens exceed the model's max_position_embeddings ({config.max_position_embeddings})")
+    return sequences, micro
 
-    # Rollouts.
+
+def _check_zero3(accel_path, accelerate: dict, accumulate: int, found: Findings) -> None:
+    ds = accelerate.get("deepspeed_config", {})
+    if ds.get("gradient_accumulation_steps", accumulate) not in (accumulate, "auto"):
+        found.problems.append(f"{accel_path}: deepspeed gradient_accumulation_steps={ds['gradient_accumulation_steps']} "
+                              f"but the recipe accumulates {accumulate} micro-batches per step: set it to "
+                              f"{accumulate} (or auto)")
+    if importlib.util.find_spec("deepspeed") is None:
+        found.launch.append("pip install deepspeed (ZeRO-3)")
+
+
+def _rollout(recipe, gpus: int, sharding: str, found: Findings) -> str:
+    """How rollouts are sampled: vllm-server, vllm-colocate, our engine, or transformers' generate."""
+    g = recipe.grpo
     if g.use_vllm:
         rollout = "vllm-server" if g.vllm_mode == "server" else "vllm-colocate"
         if importlib.util.find_spec("vllm") is None:
-            launch.append("pip install vllm (TRL's vLLM rollouts, CUDA only)")
+            found.launch.append("pip install vllm (TRL's vLLM rollouts, CUDA only)")
         if rollout == "vllm-server":
-            launch.append(f"start the vLLM server first ({g.vllm_server_base_url or 'TRL default http://0.0.0.0:8000'}); "
-                          "see docs/scale-out.md")
+            where = g.vllm_server_base_url or "TRL default http://0.0.0.0:8000"
+            found.launch.append(f"start the vLLM server first ({where}); see docs/scale-out.md")
         elif gpus % g.vllm_tensor_parallel_size:
-            problems.append(f"grpo.vllm_tensor_parallel_size={g.vllm_tensor_parallel_size} must divide the {gpus} GPUs")
-    elif g.fast_rollout and not recipe.lora.enabled:
-        rollout = "engine"
+            found.problems.append(f"grpo.vllm_tensor_parallel_size={g.vllm_tensor_parallel_size} must divide the "
+                                  f"{gpus} GPUs")
+        return rollout
+    if g.fast_rollout and not recipe.lora.enabled:
         if sharding in ("fsdp", "zero3"):
-            problems.append(f"our rollout engine reads whole weight matrices, which {sharding} shards: set "
-                            "grpo.use_vllm: true (or grpo.fast_rollout: false to sample with transformers)")
-    else:
-        rollout = "generate"
+            found.problems.append(f"our rollout engine reads whole weight matrices, which {sharding} shards: set "
+                                  "grpo.use_vllm: true (or grpo.fast_rollout: false to sample with transformers)")
+        return "engine"
+    return "generate"
 
-    # Data: the held-out task, and the training prompts.
+
+def _train_data(recipe, found: Findings) -> list:
+    """The held-out task loads; the training prompts (real data), where they are here."""
     task = get_task(recipe.task.name)
     eval_problems = task.problems("heldout", 2, level=recipe.task.eval_level, seed=recipe.seed)
-    checks.append(f"evaluation task {recipe.task.name}: loads ({len(eval_problems)} sampled)")
-    data = recipe.task.train_data
-    loaded: list = []
-    if data.gsm8k or data.math:
-        for name, where in (("gsm8k", data.gsm8k), ("math", data.math)):
-            if not where:
-                continue
-            if where == HUB:
-                launch.append(f"task.train_data.{name}: hub -> network access and HF_HUB_OFFLINE=0 on the training machine")
-                continue
-            expanded = Path(os.path.expandvars(os.path.expanduser(where)))
-            if not expanded.exists():
-                launch.append(f"task.train_data.{name}: {where} does not exist here; the run needs it")
-                continue
-            rows = load_source(name, where)
-            loaded += rows
-            checks.append(f"task.train_data.{name}: {len(rows)} problems from {where}")
-    elif recipe.task.name in ("gsm8k", "math500", "humaneval"):
-        problems.append(f"task {recipe.task.name} is a test set: set task.train_data (GSM8K/MATH train splits) for GRPO prompts")
-    if gpus > 1 and not accel_path:
-        launch.append(f"{gpus} GPUs without --accelerate-config: planned as DDP (configs/accelerate/ddp.yaml)")
-    if not _cuda():
-        launch.append("a CUDA machine (this one has no GPU: nothing here was run on one)")
+    found.checks.append(f"evaluation task {recipe.task.name}: loads ({len(eval_problems)} sampled)")
+    data, loaded = recipe.task.train_data, []
+    if not (data.gsm8k or data.math):
+        if recipe.task.name in ("gsm8k", "math500", "humaneval"):
+            found.problems.append(f"task {recipe.task.name} is a test set: set task.train_data (GSM8K/MATH train "
+                                  "splits) for GRPO prompts")
+        return loaded
+    for name, where in (("gsm8k", data.gsm8k), ("math", data.math)):
+        if not where:
+            continue
+        if where == HUB:
+            found.launch.append(f"task.train_data.{name}: hub -> network access and HF_HUB_OFFLINE=0 on the "
+                                "training machine")
+            continue
+        if not Path(os.path.expandvars(os.path.expanduser(where))).exists():
+            found.launch.append(f"task.train_data.{name}: {where} does not exist here; the run needs it")
+            continue
+        rows = load_source(name, where)
+        loaded += rows
+        found.checks.append(f"task.train_data.{name}: {len(rows)} problems from {where}")
+    return loaded
 
-    prompt_length = p.prompt_length
-    if loaded and is_checkpoint(source) and (Path(source) / "tokenizer_config.json").exists():
-        longest, sampled = longest_prompt(loaded, source, recipe.task.prompt_style, recipe.seed)
-        checks.append(f"prompts: the longest of {sampled} sampled is {longest} tokens "
-                      f"(parallel.prompt_length {p.prompt_length}" + ("; the plan uses the longest)" if longest > prompt_length else ")"))
-        prompt_length = max(prompt_length, longest)
-    setup = Setup(sharding=sharding, gpus=gpus, gpu=gpu, mfu=mfu, trainable=trainable, lora=recipe.lora.enabled,
-                  reference=g.beta > 0 and not recipe.lora.enabled, sequences=sequences, micro=micro,
-                  prompt=prompt_length, completion=g.max_completion_length, checkpointing=g.gradient_checkpointing,
-                  rollout=rollout, vllm_share=g.vllm_gpu_memory_utilization, vllm_tp=g.vllm_tensor_parallel_size,
-                  offload_optimizer=offload_optimizer, offload_params=offload_params)
-    plan = make_plan(shape, setup)
-    found = [] if plan.fits else fixes(shape, setup, lora_alt)
-    return DryRun(recipe.name, shape, setup, plan, problems, checks, launch, found)
+
+def _prompt_length(recipe, loaded: list, found: Findings) -> int:
+    """parallel.prompt_length, or the longest sampled training prompt when that is longer."""
+    source, configured = recipe.model, recipe.parallel.prompt_length
+    if not (loaded and is_checkpoint(source) and (Path(source) / "tokenizer_config.json").exists()):
+        return configured
+    longest, sampled = longest_prompt(loaded, source, recipe.task.prompt_style, recipe.seed)
+    found.checks.append(f"prompts: the longest of {sampled} sampled is {longest} tokens (parallel.prompt_length "
+                        f"{configured}" + ("; the plan uses the longest)" if longest > configured else ")"))
+    return max(configured, longest)
 
 
 def longest_prompt(problems: list, source: str, style: str, seed: int, sample: int = 2000) -> tuple[int, int]:
