@@ -22,7 +22,7 @@ import threading
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -140,97 +140,120 @@ def evaluate_endpoint(backend: Backend, problems: Sequence[Problem], output: Pat
               "task": None, "split": None, "level": None, **(settings or {})}
     rows = _open_output(output, wanted, base_url)
     finished = {i for i, row in rows.items() if "error" not in row}
-    resumed = sum(p.id in finished for p in problems)
     pending = [p for p in problems if p.id not in finished]
-
-    stop_after = stop_after or max(5, 2 * concurrency)
-    stop = threading.Event()
-    counts = {"requests": 0, "retries": 0}
-    lock = threading.Lock()
-
-    def ask(problem: Problem) -> list[str]:
-        texts: list[str] = []
-        base = problem_seed(seed, problem.id)
-        for chunk, start in enumerate(range(0, samples, MAX_N_PER_REQUEST)):
-            n = min(MAX_N_PER_REQUEST, samples - start)
-            sampling = Sampling(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, seed=base + chunk)
-            for attempt in range(retries + 1):
-                if stop.is_set():
-                    raise _Stopped
-                with lock:
-                    counts["requests"] += 1
-                try:
-                    generations = backend.generate(messages[problem.id], n, sampling)
-                    break
-                except BackendError as err:
-                    if attempt == retries or not retryable(err):
-                        raise
-                    with lock:
-                        counts["retries"] += 1
-                    delay = min(max_backoff, backoff * 2 ** attempt) * (0.5 + random.random() / 2)
-                    if stop.wait(delay):
-                        raise _Stopped from None
-            texts += [g.text for g in generations]
-        return texts
-
-    todo: queue.Queue = queue.Queue()
-    for problem in pending:
-        todo.put(problem)
-    done: queue.Queue = queue.Queue()
-
-    def worker():
-        while True:
-            try:
-                problem = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                done.put((problem, ask(problem), None))
-            except _Stopped:
-                done.put((problem, None, None))
-            except BackendError as err:
-                done.put((problem, None, str(err)))
-            except Exception as err:  # a bug or an odd reply: this problem's error, not the run's end
-                done.put((problem, None, f"{type(err).__name__}: {err}"))
-
-    threads = [threading.Thread(target=worker, daemon=True, name=f"eval-endpoint-{i}")
-               for i in range(min(concurrency, len(pending)))]
-    for thread in threads:
-        thread.start()
-    errors: dict[str, str] = {}
-    stopped = None
-    in_a_row = 0
-    sink = open(output, "a", encoding="utf-8")
-    try:
-        for _ in progress(range(len(pending)), description, total=len(pending)):
-            problem, texts, error = done.get()
-            if texts is None and error is None:
-                continue  # not asked: the run is stopping
-            if error is not None:
-                errors[problem.id] = error
-                row = {"id": problem.id, "question": problem.question, "gold": problem.answer, "error": error}
-                in_a_row += 1
-                if in_a_row >= stop_after and not stop.is_set():
-                    stop.set()
-                    stopped = (f"stopped after {in_a_row} problems in a row failed; the last: "
-                               f"{printable(error, keep_layout=False)[:300]}")
-            else:
-                in_a_row = 0
-                row = _row(problem, texts, samples)
-            rows[problem.id] = row
-            sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())
-    finally:
-        stop.set()  # Ctrl-C: workers ask for nothing more; what finished is on disk
-        sink.close()
+    asker = _Asker(backend, messages, Sampling(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens),
+                   samples, seed, retries, backoff, max_backoff)
+    recorder = _Recorder(output, rows, samples, stop_after or max(5, 2 * concurrency), asker.stop)
+    _ask_all(asker, pending, concurrency, recorder, description)
     write_jsonl_atomically(output, [rows[p.id] for p in problems if p.id in rows]
                            + [row for i, row in rows.items() if i not in messages])
     graded = [rows[p.id] for p in problems if p.id in rows and "error" not in rows[p.id]]
     keys = ["pass@1"] + ([f"maj@{samples}", f"pass@{samples}"] if samples > 1 else [])
     return EndpointReport({key: bootstrap([r[key] for r in graded]) for key in keys}, n=len(problems),
-                          graded=len(graded), resumed=resumed, errors=errors, requests=counts["requests"],
-                          retries=counts["retries"], stopped=stopped)
+                          graded=len(graded), resumed=sum(p.id in finished for p in problems),
+                          errors=recorder.errors, requests=asker.requests, retries=asker.retries,
+                          stopped=recorder.stopped)
+
+
+class _Asker:
+    """One problem's K completions, in requests of at most MAX_N_PER_REQUEST, each seeded from the problem id;
+    transport errors, 5xx and 429 retried with jittered exponential backoff. Asks nothing once `stop` is set."""
+
+    def __init__(self, backend: Backend, messages: dict[str, list[dict]], sampling: Sampling, samples: int,
+                 seed: int, retries: int, backoff: float, max_backoff: float):
+        self.backend, self.messages, self.sampling, self.samples, self.seed = backend, messages, sampling, samples, seed
+        self.attempts, self.backoff, self.max_backoff = retries + 1, backoff, max_backoff
+        self.stop, self._lock = threading.Event(), threading.Lock()
+        self.requests = self.retries = 0
+
+    def answer(self, problem: Problem) -> tuple[Problem, list[str] | None, str | None]:
+        """(problem, texts, None), (problem, None, error), or (problem, None, None) when the run stopped first."""
+        try:
+            return problem, self.texts(problem), None
+        except _Stopped:
+            return problem, None, None
+        except BackendError as err:
+            return problem, None, str(err)
+        except Exception as err:  # a bug or an odd reply: this problem's error, not the run's end
+            return problem, None, f"{type(err).__name__}: {err}"
+
+    def texts(self, problem: Problem) -> list[str]:
+        texts, base = [], problem_seed(self.seed, problem.id)
+        for chunk, start in enumerate(range(0, self.samples, MAX_N_PER_REQUEST)):
+            n, sampling = min(MAX_N_PER_REQUEST, self.samples - start), replace(self.sampling, seed=base + chunk)
+            texts += [g.text for g in self._generate(self.messages[problem.id], n, sampling)]
+        return texts
+
+    def _generate(self, messages: list[dict], n: int, sampling: Sampling):
+        for attempt in range(self.attempts):
+            if self.stop.is_set():
+                raise _Stopped
+            with self._lock:
+                self.requests += 1
+            try:
+                return self.backend.generate(messages, n, sampling)
+            except BackendError as err:
+                if attempt == self.attempts - 1 or not retryable(err):
+                    raise
+                with self._lock:
+                    self.retries += 1
+                if self.stop.wait(min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)):
+                    raise _Stopped from None
+
+
+class _Recorder:
+    """Each answered problem's row, appended to the output at once (flushed, fsynced); after `stop_after` failed
+    problems in a row it sets `stop` and says why."""
+
+    def __init__(self, output: Path, rows: dict[str, dict], samples: int, stop_after: int, stop: threading.Event):
+        self.output, self.rows, self.samples, self.stop_after, self.stop = output, rows, samples, stop_after, stop
+        self.errors: dict[str, str] = {}
+        self.stopped: str | None = None
+        self.in_a_row = 0
+
+    def record(self, sink, problem: Problem, texts: list[str] | None, error: str | None) -> None:
+        if texts is None and error is None:
+            return  # not asked: the run is stopping
+        if error is not None:
+            self.errors[problem.id] = error
+            row = {"id": problem.id, "question": problem.question, "gold": problem.answer, "error": error}
+            self.in_a_row += 1
+            if self.in_a_row >= self.stop_after and not self.stop.is_set():
+                self.stop.set()
+                self.stopped = (f"stopped after {self.in_a_row} problems in a row failed; the last: "
+                                f"{printable(error, keep_layout=False)[:300]}")
+        else:
+            self.in_a_row = 0
+            row = _row(problem, texts, self.samples)
+        self.rows[problem.id] = row
+        sink.write(json.dumps(row) + "\n")
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+def _ask_all(asker: _Asker, pending: list[Problem], concurrency: int, recorder: _Recorder, description) -> None:
+    """`concurrency` problems in flight; each result recorded as it comes. Ctrl-C (or a stop) lets no worker
+    ask anything more, and does not wait for requests in flight (daemon threads): what finished is on disk."""
+    todo, done = queue.SimpleQueue(), queue.SimpleQueue()
+    for problem in pending:
+        todo.put(problem)
+
+    def work():
+        while True:
+            try:
+                problem = todo.get_nowait()
+            except queue.Empty:
+                return
+            done.put(asker.answer(problem))  # after a stop: (problem, None, None) at once
+
+    for i in range(min(concurrency, len(pending))):
+        threading.Thread(target=work, daemon=True, name=f"eval-endpoint-{i}").start()
+    try:
+        with open(recorder.output, "a", encoding="utf-8") as sink:
+            for _ in progress(range(len(pending)), description, total=len(pending)):
+                recorder.record(sink, *done.get())
+    finally:
+        asker.stop.set()
 
 
 def _row(problem: Problem, texts: list[str], samples: int) -> dict:
