@@ -31,9 +31,11 @@ MARKER = "COMPLETE"
 # (save_checkpoint), so a checkpoint can prove it is whole: a truncated, overwritten or bit-flipped file is named
 # at load instead of failing deep inside a loader, or worse, loading as garbage weights.
 MANIFEST = "MANIFEST.json"
-# A LoRA checkpoint-N holds only the adapters, but the balancer also moves the routers' e_score_correction_bias
-# buffers: they are saved beside it, so a resume does not lose the balancer's work.
+# A LoRA checkpoint-N holds only the adapters, but two other things train: the balancer moves the routers'
+# e_score_correction_bias buffers, and MTP layers attached after the adapters train in full. Both are saved
+# beside it, so a resume loses neither.
 ROUTER_BIASES = "router_biases.safetensors"
+OUTSIDE_ADAPTERS = "trained_outside_adapters.safetensors"
 SKIP_CHECKSUMS_ENV = "REASONER_SKIP_CHECKSUMS"  # =1: check only that files exist with the recorded sizes
 _CHUNK = 8 << 20
 
@@ -149,6 +151,7 @@ class MarkCompleteCheckpoints(TrainerCallback):
             if folder.is_dir():
                 if model is not None:
                     save_router_biases(model, folder)
+                    save_trained_outside_adapters(model, folder)
                 mark_complete(folder, state.global_step)
 
 
@@ -173,6 +176,30 @@ def restore_router_biases(model, folder: str | Path) -> None:
         for name, buffer in _router_biases(model).items():
             if name in saved:
                 buffer.copy_(saved[name].to(buffer.device, buffer.dtype))
+
+
+def _trained_outside_adapters(model) -> dict[str, torch.Tensor]:
+    """A PEFT model's trainable parameters that are not adapters (e.g. MTP layers), by their base-model names."""
+    if not hasattr(model, "peft_config"):
+        return {}  # a whole model's checkpoint-N holds every parameter
+    return {name.removeprefix("base_model.model."): param for name, param in model.named_parameters()
+            if param.requires_grad and "lora_" not in name}
+
+
+def save_trained_outside_adapters(model, folder: str | Path) -> None:
+    params = {name: p.detach().cpu().contiguous() for name, p in _trained_outside_adapters(model).items()}
+    if params:
+        save_file(params, str(Path(folder) / OUTSIDE_ADAPTERS))
+
+
+@torch.no_grad()
+def restore_trained_outside_adapters(model, folder: str | Path) -> None:
+    path = Path(folder) / OUTSIDE_ADAPTERS
+    if path.is_file():
+        saved = load_file(str(path))
+        for name, param in _trained_outside_adapters(model).items():
+            if name in saved:
+                param.copy_(saved[name].to(param.device, param.dtype))
 
 
 def _step(path: Path) -> int:

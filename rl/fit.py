@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from reasoner.rl.balance import ExpertLoadBalancer
-from reasoner.rl.checkpoints import latest_complete_checkpoint, restore_router_biases
+from reasoner.rl.checkpoints import (latest_complete_checkpoint, restore_router_biases,
+                                     restore_trained_outside_adapters)
 from reasoner.rl.progress import use_compact_progress
 
 
@@ -16,6 +17,7 @@ def fit(trainer, gamma: float, output_dir: Path, stage: str):
     resume = latest_complete_checkpoint(output_dir)
     if resume:
         restore_router_biases(trainer.model, resume)
+        restore_trained_outside_adapters(trainer.model, resume)
     trainer.train(resume_from_checkpoint=resume)
     trainer.balancer = balancer
     return trainer

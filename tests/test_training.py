@@ -283,3 +283,31 @@ def test_a_lora_checkpoint_keeps_the_router_biases_the_balancer_moved(tmp_path):
     restore_router_biases(fresh, tmp_path)
     restored = [b for n, b in fresh.named_buffers() if n.endswith("e_score_correction_bias")]
     assert all(torch.equal(a, b) for a, b in zip(restored, moved))
+
+
+def test_a_lora_checkpoint_keeps_the_mtp_layer_trained_beside_the_adapters(tmp_path):
+    """MTP attached after the adapters trains in full; checkpoint-N's adapter file lacks it, so it is saved beside."""
+    from reasoner.mtp import attach_mtp, mtp_layers
+    from reasoner.rl.checkpoints import (OUTSIDE_ADAPTERS, restore_trained_outside_adapters,
+                                         save_trained_outside_adapters)
+    from reasoner.rl.lora import with_lora
+    from reasoner.rl.recipe import LoraConfig
+
+    def lora_with_mtp():
+        model = with_lora(load_model("tiny")[0], LoraConfig(enabled=True, r=4))
+        attach_mtp(model, 1)
+        return model
+
+    model = lora_with_mtp()
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert trained and all(".layers.4." in n for n in trained)  # the MTP layer only (tiny has 4 main layers)
+    with torch.no_grad():
+        for p in trained.values():
+            p.add_(torch.randn_like(p))
+    save_trained_outside_adapters(model, tmp_path)
+    assert (tmp_path / OUTSIDE_ADAPTERS).is_file()
+    fresh = lora_with_mtp()
+    assert not torch.equal(next(mtp_layers(fresh)[0].parameters()), next(mtp_layers(model)[0].parameters()))
+    restore_trained_outside_adapters(fresh, tmp_path)
+    for (name, a), b in zip(mtp_layers(fresh)[0].named_parameters(), mtp_layers(model)[0].parameters()):
+        assert torch.equal(a, b), name
