@@ -84,8 +84,9 @@ def main() -> None:
                "label_accuracy_train_by_max_drawn": {str(d): label_accuracy(read_rows(path), problems["train"])
                                                      for d, path in datasets.items()},
                "student_validation": {student_name(*key): v for key, v in validation.items()},
+               "student_name": student_name(*best),
                "student_max_drawn": best[0], "student_learning_rate": best[1], "student_steps": best[2],
-               "student": str(students[best]),
+               "student": str(students[best]), "n_validation": len(problems["validation"]),
                "teacher_direct_validation": teacher_validation.to_dict(),
                "student_direct_validation": scored(method["validation"]).to_dict(),
                "n_test": len(problems["heldout"]), "test_seed": args.test_seed,
@@ -94,15 +95,22 @@ def main() -> None:
                "completions_drawn": sum(drawn_by_problem(kept.rows, out / "traces.db").values()),
                "alternatives": alternatives, "seconds": round(time.perf_counter() - started, 1)}
     (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
-    print(f"level {level} ({args.task}), chosen on validation: {choice}")
-    print(f"kept {len(kept.rows)} rows from {len(problems['train'])} train problems; by max_drawn: "
+    print_report(summary, {"teacher_validation": teacher_validation, "teacher_test": teacher_test,
+                           "student_validation": scored(method["validation"]), "student_test": student_test})
+
+
+def print_report(summary: dict, metrics: dict) -> None:
+    """The summary in words; the last line is `distill_gain=X`."""
+    print(f"level {summary['level']} ({summary['task']}), chosen on validation: {summary['level_choice']}")
+    print(f"kept {summary['kept_rows']} rows from {summary['train_problems']} train problems; by max_drawn: "
           f"{summary['rows_by_max_drawn']} rows, right on train (grader, reported only): "
           f"{summary['label_accuracy_train_by_max_drawn']}")
-    print(f"student: {student_name(*best)} (validation direct: {summary['student_validation']})")
-    print(f"validation, greedy, n={len(problems['validation'])}: teacher direct {teacher_validation}, "
-          f"student direct {scored(method['validation'])}")
-    print(f"test split, greedy, n={len(problems['heldout'])}: teacher direct {teacher_test}, student direct {student_test}")
-    for name, figures in alternatives.items():
+    print(f"student: {summary['student_name']} (validation direct: {summary['student_validation']})")
+    print(f"validation, greedy, n={summary['n_validation']}: teacher direct {metrics['teacher_validation']}, "
+          f"student direct {metrics['student_validation']}")
+    print(f"test split, greedy, n={summary['n_test']}: teacher direct {metrics['teacher_test']}, "
+          f"student direct {metrics['student_test']}")
+    for name, figures in summary["alternatives"].items():
         print(f"{name}: {figures['completions_drawn']} completions, {figures['kept_rows']} rows "
               f"({100 * figures['label_accuracy_train']:.1f}% right on train, grader, reported only); "
               f"{figures['student']} (validation {figures['validation']}: {figures['validation_chosen_str']}); "
