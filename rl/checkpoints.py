@@ -162,20 +162,12 @@ def _router_biases(model) -> dict[str, torch.Tensor]:
 
 
 def save_router_biases(model, folder: str | Path) -> None:
-    biases = {name: buffer.detach().cpu().contiguous() for name, buffer in _router_biases(model).items()}
-    if biases:
-        save_file(biases, str(Path(folder) / ROUTER_BIASES))
+    _save_named(_router_biases(model), Path(folder) / ROUTER_BIASES)
 
 
-@torch.no_grad()
 def restore_router_biases(model, folder: str | Path) -> None:
     """Put back the biases a checkpoint saved (a full checkpoint also holds them in its weights: same values)."""
-    path = Path(folder) / ROUTER_BIASES
-    if path.is_file():
-        saved = load_file(str(path))
-        for name, buffer in _router_biases(model).items():
-            if name in saved:
-                buffer.copy_(saved[name].to(buffer.device, buffer.dtype))
+    _restore_named(_router_biases(model), Path(folder) / ROUTER_BIASES)
 
 
 def _trained_outside_adapters(model) -> dict[str, torch.Tensor]:
@@ -187,19 +179,26 @@ def _trained_outside_adapters(model) -> dict[str, torch.Tensor]:
 
 
 def save_trained_outside_adapters(model, folder: str | Path) -> None:
-    params = {name: p.detach().cpu().contiguous() for name, p in _trained_outside_adapters(model).items()}
-    if params:
-        save_file(params, str(Path(folder) / OUTSIDE_ADAPTERS))
+    _save_named(_trained_outside_adapters(model), Path(folder) / OUTSIDE_ADAPTERS)
+
+
+def restore_trained_outside_adapters(model, folder: str | Path) -> None:
+    _restore_named(_trained_outside_adapters(model), Path(folder) / OUTSIDE_ADAPTERS)
+
+
+def _save_named(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    if tensors:
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(path))
 
 
 @torch.no_grad()
-def restore_trained_outside_adapters(model, folder: str | Path) -> None:
-    path = Path(folder) / OUTSIDE_ADAPTERS
+def _restore_named(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy the file's tensors into these, by name; a missing file or name leaves them as they are."""
     if path.is_file():
         saved = load_file(str(path))
-        for name, param in _trained_outside_adapters(model).items():
+        for name, tensor in tensors.items():
             if name in saved:
-                param.copy_(saved[name].to(param.device, param.dtype))
+                tensor.copy_(saved[name].to(tensor.device, tensor.dtype))
 
 
 def _step(path: Path) -> int:
