@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback
 
 from reasoner.errors import ReasonerError
@@ -145,14 +146,21 @@ def mark_complete(folder: str | Path, step: int) -> None:
 
 class MarkCompleteCheckpoints(TrainerCallback):
     def on_save(self, args, state, control, model=None, **kwargs):
-        # on_save runs after the Trainer's _save_checkpoint (weights, optimizer, scheduler, RNG, state) returned.
+        # on_save runs after the Trainer's _save_checkpoint (weights, optimizer, scheduler, RNG, state) returned,
+        # on every rank: FSDP-sharded parameters are gathered by all ranks together, then rank 0 writes.
+        outside = _whole(_trained_outside_adapters(model)) if model is not None else {}
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 if model is not None:
                     save_router_biases(model, folder)
-                    save_trained_outside_adapters(model, folder)
+                    _save_named(outside, folder / OUTSIDE_ADAPTERS)
                 mark_complete(folder, state.global_step)
+
+
+def _whole(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sharded (DTensor) parameters gathered whole; a collective, so every rank must call it."""
+    return {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in tensors.items()}
 
 
 def _router_biases(model) -> dict[str, torch.Tensor]:
