@@ -24,7 +24,8 @@ import yaml
 from peft import PeftModel
 
 from reasoner.model import is_checkpoint, load_model, model_config
-from reasoner.mtp import mtp_depth, mtp_outputs
+from reasoner.mtp import attach_mtp, mtp_depth, mtp_outputs
+from reasoner.rl.checkpoints import OUTSIDE_ADAPTERS, restore_trained_outside_adapters
 
 REPO = Path(__file__).resolve().parents[1]
 SFT_STEPS, GRPO_STEPS = 4, 2
@@ -204,6 +205,9 @@ def probe_logits(source, adapter: Path | None = None) -> tuple[torch.Tensor, tor
     model, _ = load_model(source)
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter)
+        if (adapter / OUTSIDE_ADAPTERS).is_file():  # the MTP layer trained in full beside the adapters
+            attach_mtp(model, 1)
+            restore_trained_outside_adapters(model, adapter)
     ids = torch.tensor(PROBE)
     with torch.no_grad():
         logits = model.eval()(input_ids=ids).logits
@@ -244,9 +248,8 @@ def test_fsdp_checkpoints_are_the_whole_model(tmp_path):
             diff = (whole - sharded).abs().max().item()
             print(f"{stage} {checkpoint.name}: max |logits - sharded model's| = {diff:.3g}")
             assert diff < 1e-5, f"{checkpoint} is not the model that was trained"
-            if adapter:  # LoRA's checkpoint-N: adapters only, on a start without MTP
-                continue
-            assert model_config(checkpoint).num_mtp_layers == 1  # read from model.layers.{N}.*, the published layout
+            if not adapter:  # LoRA's checkpoint-N: adapters, and the MTP layer whole beside them
+                assert model_config(checkpoint).num_mtp_layers == 1  # from model.layers.{N}.*, the published layout
             mtp_diff = (whole_mtp - sharded_mtp).abs().max().item()
             print(f"{stage} {checkpoint.name}: max |MTP logits - sharded model's| = {mtp_diff:.3g}")
             assert mtp_diff < 1e-5, f"{checkpoint}'s MTP layer is not the one that was trained"
