@@ -68,9 +68,9 @@ def main() -> None:
     datasets = {drawn: settled_dataset(kept, drawn, out) for drawn in args.max_drawn}
     students = {(drawn, lr, steps): train_student(args, datasets[drawn], lr, steps, out, student_name(drawn, lr, steps))
                 for drawn in args.max_drawn for lr in args.learning_rates for steps in args.steps}
-    validation = {key: direct(path, problems["validation"], task, out / "validation" / f"{student_name(*key)}.jsonl").value
+    validation = {key: direct(path, problems["validation"], task, out / "validation" / f"{student_name(*key)}.jsonl")
                   for key, path in students.items()}
-    best = max(validation, key=validation.get)
+    best = max(validation, key=lambda key: validation[key].value)
     teacher_validation = direct(args.teacher, problems["validation"], task, out / "validation" / "teacher.jsonl")
     teacher_test = direct(args.teacher, problems["heldout"], task, out / f"teacher-test{suffix}.jsonl")
     student_test = direct(students[best], problems["heldout"], task, out / f"student-test{suffix}.jsonl")
@@ -83,12 +83,12 @@ def main() -> None:
                "rows_by_max_drawn": {str(d): len(read_rows(path)) for d, path in datasets.items()},
                "label_accuracy_train_by_max_drawn": {str(d): label_accuracy(read_rows(path), problems["train"])
                                                      for d, path in datasets.items()},
-               "student_validation": {student_name(*key): v for key, v in validation.items()},
+               "student_validation": {student_name(*key): v.value for key, v in validation.items()},
                "student_name": student_name(*best),
                "student_max_drawn": best[0], "student_learning_rate": best[1], "student_steps": best[2],
                "student": str(students[best]), "n_validation": len(problems["validation"]),
                "teacher_direct_validation": teacher_validation.to_dict(),
-               "student_direct_validation": scored(method["validation"]).to_dict(),
+               "student_direct_validation": validation[best].to_dict(),
                "n_test": len(problems["heldout"]), "test_seed": args.test_seed,
                "teacher_direct_test": teacher_test.to_dict(), "student_direct_test": student_test.to_dict(),
                "distill_gain_points": round(100 * (student_test.value - teacher_test.value), 1),
@@ -96,7 +96,7 @@ def main() -> None:
                "alternatives": alternatives, "seconds": round(time.perf_counter() - started, 1)}
     (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
     print_report(summary, {"teacher_validation": teacher_validation, "teacher_test": teacher_test,
-                           "student_validation": scored(method["validation"]), "student_test": student_test})
+                           "student_validation": validation[best], "student_test": student_test})
 
 
 def print_report(summary: dict, metrics: dict) -> None:
@@ -208,10 +208,10 @@ def alternative(name: str, args, problems: dict, settings: PipelineSettings, kep
     students = {steps: train_student(args, rows.dataset, lr, steps, out, f"{name}-student-lr{lr:g}-steps{steps}",
                                      traces=rows.report["trace_store"]) for steps in steps_grid}
     validation_files = {steps: out / "validation" / f"{path.parent.name}.jsonl" for steps, path in students.items()}
-    validation = {steps: direct(students[steps], problems["validation"], task, validation_files[steps]).value
+    validation = {steps: direct(students[steps], problems["validation"], task, validation_files[steps])
                   for steps in students}
-    steps = max(validation, key=validation.get)
-    chosen = scored(validation_files[steps])
+    steps = max(validation, key=lambda k: validation[k].value)
+    chosen = validation[steps]
     test_file = out / f"{name}-student-test{suffix}.jsonl"
     test = direct(students[steps], problems["heldout"], task, test_file)
     teacher_file = out / f"teacher-test{suffix}.jsonl"
@@ -221,7 +221,7 @@ def alternative(name: str, args, problems: dict, settings: PipelineSettings, kep
               "this_minus_teacher_test": difference(test_file, teacher_file)}
     return {"teacher": rows.report["teacher"], "completions_drawn": rows.completions, "kept_rows": len(rows.rows),
             "label_accuracy_train": label_accuracy(rows.rows, problems["train"]),
-            "validation": {f"steps{k}": v for k, v in validation.items()}, "steps": steps,
+            "validation": {f"steps{k}": v.value for k, v in validation.items()}, "steps": steps,
             "validation_chosen": chosen.to_dict(), "validation_chosen_str": str(chosen),
             "student": str(students[steps]), "test": test.to_dict(), "test_str": str(test),
             **{k: v.to_dict() for k, v in paired.items()}, **{f"{k}_str": signed(v) for k, v in paired.items()}}
@@ -263,10 +263,6 @@ def difference(first: Path, second: Path) -> Metric:
     a, b = (dict((r["id"], r["pass@1"]) for r in read_rows(path)) for path in (first, second))
     assert a.keys() == b.keys(), f"{first} and {second} scored different problems"
     return bootstrap([a[k] - b[k] for k in a])
-
-
-def scored(path: Path) -> Metric:
-    return bootstrap([r["pass@1"] for r in read_rows(path)])
 
 
 def signed(metric: Metric) -> str:

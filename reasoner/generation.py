@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from transformers import DeepseekV3ForCausalLM
@@ -19,9 +18,9 @@ from transformers.generation.streamers import BaseStreamer
 
 from reasoner.progress import progress
 from reasoner.rollout import RolloutEngine
+from reasoner.rollout.output import OnTokens
 from reasoner.sampling import Sampling
 
-OnTokens = Callable[[list[int], list[int]], None]  # (rows, each row's new token) after a decoding step
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _LOCKS_LOCK = threading.Lock()

@@ -47,7 +47,7 @@ from reasoner.tasks.base import Problem
 from reasoner.traces.build import model_call_span, node_span, verification_span
 from reasoner.traces.model import Trace
 from reasoner.traces.store import TraceStore
-from reasoner.verify import answer_of, answers_equal, majority, same_text
+from reasoner.verify import answer_of, majority_completion
 
 JOURNAL, DATASET, REPORT, LINEAGE = "journal.jsonl", "dataset.jsonl", "report.json", "lineage.json"
 EXAMPLES_SHOWN = 5                      # unparseable answers and errors quoted in the report
@@ -127,9 +127,7 @@ class MajorityVoteTeacher:
 
 def voted_draw(problem: Problem, texts: Sequence[str]) -> Draw:
     """The majority answer's first completion; no answer among the samples: nothing to keep."""
-    answers = [answer_of(t, problem.kind) for t in texts]
-    answer, votes = majority(answers, answers_equal if problem.kind == "math" else same_text)
-    chosen = next((t for t, a in zip(texts, answers) if a == answer), None) if answer is not None else None
+    chosen, votes = majority_completion(texts, problem.kind)
     return Draw(chosen, chosen is not None, "majority", {"samples_drawn": len(texts), "votes": votes})
 
 

@@ -5,8 +5,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from reasoner.verify import answer_of
-from reasoner.verify import answers_equal, majority, same_text
+from reasoner.verify import majority_completion
 
 
 @dataclass
@@ -41,8 +40,4 @@ def voted_completion(kind: str, completions: Sequence[str]) -> str | None:
     """maj@N: the most common answer over N completions, as the pipeline's vote counts answers (equal
     values for math; the same expression or program for countdown and code), in a gradable form. It does
     not look at correctness: that is the grader's, afterwards."""
-    answers = [answer_of(c, kind) for c in completions]
-    answer, _ = majority(answers, answers_equal if kind == "math" else same_text)
-    if answer is None:
-        return None
-    return next(c for c, a in zip(completions, answers) if a == answer)
+    return majority_completion(completions, kind)[0]

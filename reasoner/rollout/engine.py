@@ -36,13 +36,12 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from reasoner.rollout.ffn import FFN, as_float32
-from reasoner.rollout.output import Completion, Output
+from reasoner.rollout.output import Completion, OnTokens, Output
 from reasoner.rollout.sampling import sample
 from reasoner.sampling import Sampling
 from reasoner.rollout.speculative import generate_chunk_speculative
@@ -89,7 +88,7 @@ class _Request:
     ignore_eos: bool
     return_logits: bool
     deadline: float | None  # time.perf_counter() value
-    on_tokens: Callable[[list[int], list[int]], None] | None = None  # (output rows, their new tokens) per step
+    on_tokens: OnTokens | None = None
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
@@ -396,7 +395,7 @@ class RolloutEngine:
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling, num_samples: int = 1,
                  ignore_eos: bool = False, return_logits: bool = False, max_time: float | None = None,
                  speculative: bool | None = None,
-                 on_tokens: Callable[[list[int], list[int]], None] | None = None) -> list[Completion]:
+                 on_tokens: OnTokens | None = None) -> list[Completion]:
         """num_samples completions per prompt, prompt-major (p0s0, p0s1, ..., p1s0, ...), each of at most
         sampling.max_tokens tokens, ending at EOS or at one of sampling.stop; seeded by sampling.seed.
 

@@ -6,8 +6,11 @@ Plain decoding (reasoner/rollout/engine.py) emits one token per row per step, sp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+
+OnTokens = Callable[[list[int], list[int]], None]  # (output rows, each one's new token) after a step
 
 
 @dataclass

@@ -175,15 +175,15 @@ class Batcher:
 
     def _stream(self, live, rows: list[int], tokens: list[int]) -> None:
         """Within a segment: each streamed request hears the text its rows' new tokens add."""
-        touched = {}
+        touched: dict[int, tuple[Job, set[int]]] = {}  # job id -> (job, ids of its rows that got a token)
         for i, token in zip(rows, tokens):
             job, row = live[i]
             if job.stream:
                 row.pending.append(token)
-                touched[job.id] = job
-        for job in touched.values():
+                touched.setdefault(job.id, (job, set()))[1].add(id(row))
+        for job, grown in touched.values():  # only those rows' text is decoded again
             deltas = [(i, text) for i, row in enumerate(job.rows)
-                      if (text := _new_text(job, row, self._text(job, row)))]
+                      if id(row) in grown and (text := _new_text(job, row, self._text(job, row)))]
             if deltas:
                 _tell(job, "delta", deltas)
 

@@ -30,3 +30,13 @@ def majority(answers: Sequence[str | None], same: Callable[[str, str], bool] = a
 def same_text(a: str, b: str) -> bool:
     """Equality for programs and expressions: the same text, ignoring whitespace."""
     return "".join(a.split()) == "".join(b.split())
+
+
+def majority_completion(texts: Sequence[str], kind: str) -> tuple[str | None, int]:
+    """The first completion carrying the most common answer (equal values for math, the same text for countdown
+    and code) and that answer's votes; (None, 0) when no completion has an answer."""
+    answers = [answer_of(t, kind) for t in texts]
+    answer, votes = majority(answers, answers_equal if kind == "math" else same_text)
+    if answer is None:
+        return None, 0
+    return next(t for t, a in zip(texts, answers) if a == answer), votes
